@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= $(shell nproc)
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test dryrun clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/demo/report.html
+	@echo
+	@echo "Metrics:     results/demo/eval/summary.csv (per fold: results/demo/eval/<task>/<model>/<encoder>/metrics.csv)"
+	@echo "QC table:    results/demo/qc.tsv"
+	@echo "HTML report: results/demo/report.html"
+	@cat results/demo/eval/summary.csv
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+dryrun: $(STAMP)
+	$(BIN)/snakemake -n --quiet rules
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,141 @@
+"""Sheet loading, wildcard constraints and input functions shared by every rule file."""
+
+import os
+
+from slidesnake.naming import encoder_slug
+from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
+
+
+COHORT = config["cohort"]
+SOURCE = config["source"]
+MAGS = config["patching"]["magnifications"]
+ENCODERS = {encoder_slug(name): name for name in config["features"]["encoders"]}
+TRAIN = config["training"]
+TRAIN_ENCODER = encoder_slug(TRAIN["encoder"])
+TASKS = config["tasks"]
+HIERARCHICAL_MODELS = {"hipt"}
+
+
+wildcard_constraints:
+    cohort=COHORT,
+    slide_id=SLIDE_ID_PATTERN,
+    mag="5|20",
+    encoder="|".join(ENCODERS) or "NONE",
+    task="|".join(TASKS) or "NONE",
+    fold=r"\d+",
+
+
+def slides_dir():
+    return f"resources/slides/{COHORT}"
+
+
+def sheet_file():
+    """Slide sheet path: written by rule demo_cohort or the GDC query, or given in the config."""
+    if SOURCE == "sheet":
+        if not config.get("sheet"):
+            raise ValueError("config key 'sheet' must name a slide sheet TSV when source is 'sheet'")
+        return config["sheet"]
+    return f"results/{COHORT}/slides.tsv"
+
+
+def _static_sheet():
+    if SOURCE == "demo":
+        from slidesnake.data.demo import DemoConfig, demo_sheet
+
+        return demo_sheet(DemoConfig(**config["demo"]), slides_dir())
+    if SOURCE == "sheet":
+        return read_sheet(sheet_file())
+    return None
+
+
+SHEET = _static_sheet()
+
+
+def cohort_sheet():
+    """The slide sheet; for GDC cohorts it exists only after the query checkpoint has run."""
+    if SHEET is not None:
+        return SHEET
+    return read_sheet(checkpoints.gdc_query.get(cohort=COHORT).output.sheet)
+
+
+def slide_ids(wildcards=None):
+    return cohort_sheet()["slide_id"].tolist()
+
+
+def slide_path(wildcards):
+    if SOURCE == "sheet":
+        return SHEET.set_index("slide_id").at[wildcards.slide_id, "path"]
+    return f"{slides_dir()}/{wildcards.slide_id}.svs"
+
+
+def per_slide(pattern, **fixed):
+    """Expand a per-slide path pattern over the cohort's slides (after the checkpoint, for GDC)."""
+
+    def _inputs(wildcards):
+        return expand(pattern, cohort=COHORT, slide_id=slide_ids(), **fixed)
+
+    return _inputs
+
+
+def encoder_name(wildcards):
+    """The encoder as the user named it (registry name, hf-hub id or path) for a folder slug."""
+    return ENCODERS[wildcards.encoder]
+
+
+def prompt_file(wildcards):
+    return os.path.join(workflow.basedir, "config", "prompts", f"{wildcards.prompts}.json")
+
+
+def task_config(wildcards):
+    return TASKS[wildcards.task]
+
+
+def label_tables(wildcards):
+    """Clinical / mutation tables a task reads its labels from (none for sheet labels)."""
+    source = TASKS[wildcards.task].get("source", "sheet")
+    if source == "clinical":
+        return {"clinical": f"results/{COHORT}/clinical.parquet"}
+    if source == "mutations":
+        return {"mutations": f"results/{COHORT}/mutations.parquet"}
+    return {}
+
+
+def train_features(wildcards):
+    mag = TRAIN["magnification"]
+    return expand(
+        "results/{cohort}/features/{encoder}/{mag}x/{slide_id}.h5",
+        cohort=COHORT,
+        encoder=wildcards.encoder,
+        mag=mag,
+        slide_id=slide_ids(),
+    )
+
+
+def train_hierarchy(wildcards):
+    if wildcards.model not in HIERARCHICAL_MODELS:
+        return []
+    return expand(
+        "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
+        cohort=COHORT,
+        encoder=wildcards.encoder,
+        slide_id=slide_ids(),
+    )
+
+
+def all_targets(wildcards):
+    targets = [f"results/{COHORT}/qc.parquet", f"results/{COHORT}/eval/summary.csv"]
+    targets += expand("results/{cohort}/qc/{slide_id}.png", cohort=COHORT, slide_id=slide_ids())
+    if 5 in MAGS and 20 in MAGS:
+        targets += expand(
+            "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
+            cohort=COHORT,
+            encoder=list(ENCODERS),
+            slide_id=slide_ids(),
+        )
+    targets += expand(
+        "results/{cohort}/text/{encoder}/{prompts}.h5",
+        cohort=COHORT,
+        encoder=list(ENCODERS),
+        prompts=config["features"]["prompts"],
+    )
+    return targets

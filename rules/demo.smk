@@ -1,0 +1,34 @@
+"""The embedded synthetic demo cohort: slides, sheet, clinical and mutation tables (fully offline)."""
+
+
+rule demo_slide:
+    output:
+        "resources/slides/{cohort}/{slide_id}.svs",
+    params:
+        demo=config["demo"],
+    log:
+        "results/logs/{cohort}/demo_slide/{slide_id}.log",
+    benchmark:
+        "results/benchmarks/{cohort}/demo_slide/{slide_id}.tsv"
+    conda:
+        "../envs/tissue.yaml"
+    group:
+        "slide"
+    script:
+        "../workflow/scripts/demo_slide.py"
+
+
+rule demo_cohort:
+    output:
+        sheet="results/{cohort}/slides.tsv",
+        clinical="results/{cohort}/clinical.parquet",
+        mutations="results/{cohort}/mutations.parquet",
+    params:
+        demo=config["demo"],
+        slide_dir=slides_dir(),
+    log:
+        "results/logs/{cohort}/demo_cohort.log",
+    conda:
+        "../envs/tissue.yaml"
+    script:
+        "../workflow/scripts/demo_cohort.py"

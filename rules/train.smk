@@ -1,0 +1,60 @@
+"""Patient-level splits and one training job per (task, model, encoder, fold) (DESIGN §3)."""
+
+TRAIN_PARAMS = {
+    key: TRAIN[key]
+    for key in ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device")
+}
+
+
+def split_inputs(wildcards):
+    return {"sheet": sheet_file(), **label_tables(wildcards)}
+
+
+def train_inputs(wildcards):
+    return {
+        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
+        "features": train_features(wildcards),
+        "hierarchy": train_hierarchy(wildcards),
+        **split_inputs(wildcards),
+    }
+
+
+rule splits:
+    input:
+        unpack(split_inputs),
+    output:
+        "results/{cohort}/splits/{task}/folds.csv",
+    params:
+        task=task_config,
+        folds=TRAIN["folds"],
+        val_fraction=TRAIN["val_fraction"],
+        seed=TRAIN["split_seed"],
+    log:
+        "results/logs/{cohort}/splits/{task}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/make_splits.py"
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model="results/{cohort}/models/{task}/{model}/{encoder}/fold{fold}/model.pt",
+        history="results/{cohort}/models/{task}/{model}/{encoder}/fold{fold}/history.csv",
+        predictions="results/{cohort}/models/{task}/{model}/{encoder}/fold{fold}/predictions.parquet",
+    params:
+        task=task_config,
+        train=TRAIN_PARAMS,
+    threads: 1
+    resources:
+        gpu=TRAIN["gpu"],
+    log:
+        "results/logs/{cohort}/train/{task}/{model}/{encoder}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/{cohort}/train/{task}/{model}/{encoder}/fold{fold}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/train.py"

@@ -1,0 +1,297 @@
+"""The ``slidesnake`` command: each subcommand is a thin wrapper over the library functions the rules call.
+
+Per-slide commands follow the pipeline's fault policy: a bad slide still gets its output with a
+status and the command exits 0 with a warning, so scripted cohorts go on; a configuration
+error exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("slidesnake")
+EXIT_CONFIG = 2
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+        out[key] = _parse_value(value)
+    return out
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from slidesnake.data.demo import DemoConfig, demo_sheet, write_demo_slide, write_demo_tables
+
+    cfg = DemoConfig(n_patients=args.n_patients, slides_per_patient=args.slides_per_patient, size=args.size, seed=args.seed)
+    out = Path(args.out)
+    slide_dir = out / "slides"
+    sheet = demo_sheet(cfg, slide_dir)
+    for slide_id, path in zip(sheet["slide_id"], sheet["path"]):
+        write_demo_slide(cfg, slide_id, path)
+        log.info("wrote %s", path)
+    write_demo_tables(cfg, out / "slides.tsv", out / "clinical.parquet", out / "mutations.parquet", slide_dir=slide_dir)
+    print(f"demo cohort: {len(sheet)} slides in {slide_dir}, sheet {out / 'slides.tsv'}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from slidesnake.io.atomic import write_json
+    from slidesnake.tissue.qc import render_qc
+    from slidesnake.tissue.segmentation import params_from_config, segment_slide
+
+    params = params_from_config(args.preset, _key_values(args.param))
+    record = segment_slide(args.slide, params, fallback_mpp=args.mpp_fallback)
+    write_json(args.out, record)
+    if args.qc:
+        render_qc(args.slide, record, None, args.qc)
+    _warn_status(args.slide, record["status"])
+    print(f"{args.slide}: {record['status']}, {len(record.get('contours', []))} tissue contours -> {args.out}")
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from slidesnake.tissue.patching import patch_slide, read_coords
+
+    n = patch_slide(
+        args.tissue,
+        float(args.mag),
+        args.out,
+        patch_size=args.patch_size,
+        min_tissue_fraction=args.min_tissue_fraction,
+        allow_upsample=args.allow_upsample,
+        fallback_mpp=args.mpp_fallback,
+    )
+    _, attrs = read_coords(args.out)
+    _warn_status(args.slide, str(attrs.get("status", "ok")))
+    print(f"{args.slide}: {n} patches at {args.mag}x -> {args.out}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from slidesnake.features.extract import extract_features
+
+    if len(args.encoder) != len(args.out):
+        raise ValueError(f"give one --out per --encoder ({len(args.encoder)} encoders, {len(args.out)} outputs)")
+    counts = extract_features(
+        args.slide,
+        args.coords,
+        args.encoder,
+        args.out,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        fallback_mpp=args.mpp_fallback,
+    )
+    for encoder, out, n in zip(args.encoder, args.out, counts):
+        print(f"{args.slide}: {n} patches embedded with {encoder} -> {out}")
+    return 0
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from slidesnake.features.encoders import list_encoders
+
+    rows = [(s.name, s.family, str(s.dim), str(s.image_size), "yes" if s.normalized else "no", s.source) for s in list_encoders()]
+    header = ("name", "family", "dim", "image", "l2-norm", "source")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from slidesnake.hierarchy import link_files
+
+    hier = link_files(args.f5, args.f20, args.out)
+    print(f"{len(hier.parent_coords)} 5x parents, {int(hier.mask.sum())} linked 20x children -> {args.out}")
+    return 0
+
+
+def _task(args: argparse.Namespace):
+    from slidesnake.config import load_config
+    from slidesnake.train.tasks import task_from_config
+
+    config = load_config(args.config)
+    if args.task not in config["tasks"]:
+        raise ValueError(f"task {args.task!r} is not in {args.config} (tasks: {sorted(config['tasks'])})")
+    return config, task_from_config(args.task, config["tasks"][args.task])
+
+
+def _labels(args: argparse.Namespace, task):
+    from slidesnake.sheet import read_sheet
+    from slidesnake.train.tasks import task_labels
+
+    return task_labels(task, read_sheet(args.sheet), clinical=args.clinical, mutations=args.mutations)
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from slidesnake.io.atomic import write_csv
+    from slidesnake.train.splits import make_splits
+    from slidesnake.train.tasks import split_label_column
+
+    config, task = _task(args)
+    labels = _labels(args, task)
+    training = config["training"]
+    folds = make_splits(
+        labels,
+        k=training["folds"],
+        val_fraction=training["val_fraction"],
+        seed=training["split_seed"],
+        label_column=split_label_column(task, labels),
+    )
+    write_csv(args.out, folds)
+    print(f"{folds['case_id'].nunique()} patients in {training['folds']} folds -> {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from slidesnake.train.loop import TrainParams, train_fold
+
+    config, task = _task(args)
+    labels = _labels(args, task)
+    training = config["training"]
+    params = TrainParams(**{k: training[k] for k in ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device")})
+    features = {p.stem: str(p) for p in sorted(Path(args.features).glob("*.h5"))}
+    hierarchy = {p.stem: str(p) for p in sorted(Path(args.hierarchy).glob("*.h5"))} if args.hierarchy else None
+    folds = pd.read_csv(args.folds, dtype={"slide_id": str, "case_id": str})
+    train_fold(task, args.model, features, labels, folds, args.fold, params, args.out, hierarchy=hierarchy)
+    print(f"trained {args.model} on {task.name} fold {args.fold} -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from slidesnake.evaluate.metrics import evaluate_predictions
+    from slidesnake.io.atomic import write_csv
+
+    config, task = _task(args)
+    metrics = evaluate_predictions(task, args.predictions, n_bootstrap=config["evaluation"]["bootstrap"], seed=config["evaluation"]["seed"])
+    write_csv(args.out, metrics)
+    print(metrics.to_string(index=False))
+    return 0
+
+
+def _warn_status(slide: str, status: str) -> None:
+    if status != "ok":
+        log.warning("%s: %s", slide, status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command tree; ``slidesnake COMMAND --help`` documents each command."""
+    parser = argparse.ArgumentParser(prog="slidesnake", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="write the synthetic demo cohort (slides, sheet, clinical, mutations)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-patients", type=int, default=10)
+    p.add_argument("--slides-per-patient", type=int, default=2)
+    p.add_argument("--size", type=int, default=8192, help="level-0 side at 40x, pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("segment", help="tissue contours of one slide -> JSON (and a QC picture)")
+    p.add_argument("slide")
+    p.add_argument("--out", required=True, help="tissue JSON")
+    p.add_argument("--qc", help="QC PNG with contours and holes")
+    p.add_argument("--preset", default="default", help="segmentation preset: default, tcga, biopsy")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a preset value, e.g. a_t=16")
+    p.add_argument("--mpp-fallback", type=float, help="µm/px when the slide records no resolution")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("patch", help="patch grid of one slide at one magnification -> coords h5")
+    p.add_argument("slide")
+    p.add_argument("--tissue", required=True, help="tissue JSON from `slidesnake segment`")
+    p.add_argument("--mag", type=int, choices=(5, 20), required=True)
+    p.add_argument("--out", required=True, help="coords h5")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--min-tissue-fraction", type=float, default=0.0)
+    p.add_argument("--allow-upsample", action="store_true", help="upsample slides coarser than the target")
+    p.add_argument("--mpp-fallback", type=float)
+    p.set_defaults(func=cmd_patch)
+
+    p = sub.add_parser("extract", help="patch features of one slide with one or more encoders")
+    p.add_argument("slide")
+    p.add_argument("--coords", required=True, help="coords h5 from `slidesnake patch`")
+    p.add_argument("--encoder", action="append", required=True, help="registry name, hf-hub id or local path (repeatable)")
+    p.add_argument("--out", action="append", required=True, help="features h5, one per --encoder")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--mpp-fallback", type=float)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("encoders", help="list the encoder registry")
+    p.set_defaults(func=cmd_encoders)
+
+    p = sub.add_parser("link", help="link 5x patches to their 16 20x children")
+    p.add_argument("--f5", required=True, help="5x features h5")
+    p.add_argument("--f20", required=True, help="20x features h5 (same encoder)")
+    p.add_argument("--out", required=True, help="hierarchical h5")
+    p.set_defaults(func=cmd_link)
+
+    def task_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default="config/config.yaml", help="pipeline config with the task definitions")
+        p.add_argument("--task", required=True)
+        p.add_argument("--sheet", required=True, help="slide sheet TSV")
+        p.add_argument("--clinical", help="clinical.parquet (survival tasks)")
+        p.add_argument("--mutations", help="mutations.parquet (mutation and TMB tasks)")
+
+    p = sub.add_parser("splits", help="patient-level stratified k-fold train/val/test splits")
+    task_args(p)
+    p.add_argument("--out", required=True, help="folds.csv")
+    p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser("train", help="train one model on one fold")
+    task_args(p)
+    p.add_argument("--model", default="abmil")
+    p.add_argument("--features", required=True, help="folder of per-slide features h5")
+    p.add_argument("--hierarchy", help="folder of per-slide hierarchical h5 (hierarchical models)")
+    p.add_argument("--folds", required=True, help="folds.csv from `slidesnake splits`")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--out", required=True, help="output folder (model.pt, history.csv, predictions.parquet)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test metrics over folds with bootstrap CIs")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--task", required=True)
+    p.add_argument("predictions", nargs="+", help="predictions.parquet of each fold")
+    p.add_argument("--out", required=True, help="metrics.csv")
+    p.set_defaults(func=cmd_evaluate)
+
+    from slidesnake.data.cli import add_commands
+
+    add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``slidesnake`` console script."""
+    from slidesnake.config import ConfigError
+    from slidesnake.sheet import SheetError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, SheetError, ValueError, KeyError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""File-system names for things users name freely (encoders are hf-hub ids or paths)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def encoder_slug(name: str) -> str:
+    """Folder name for an encoder: registry names stay as they are, ids and paths become path-safe.
+
+    ``hf-hub:wisdomik/QuiltNet-B-32`` -> ``hf-hub_wisdomik_QuiltNet-B-32``; ``/ckpt/plip/`` -> ``plip``.
+    """
+    if name.startswith(("/", "./", "../", "~")):
+        name = Path(name).expanduser().name or name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    if not slug:
+        raise ValueError(f"encoder name {name!r} gives an empty folder name")
+    return slug

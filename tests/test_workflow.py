@@ -1,0 +1,144 @@
+"""End-to-end Snakemake runs of the demo: metrics, caching, reports, config errors, cluster profile, bad slides."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, planned_jobs, run_snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """One full run of the default (demo) workflow, shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("demo")
+    run_snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_demo_reaches_auc_0_9(demo_dir: Path) -> None:
+    metrics = pd.read_csv(demo_dir / "results/demo/eval/subtype/abmil/tiny-clip/metrics.csv")
+    mean = metrics.set_index("fold").loc["mean"]
+    assert float(mean["auc"]) >= 0.9, metrics.to_string()
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "auc"} <= set(metrics.columns)
+    folds = metrics[~metrics["fold"].isin(["mean", "std"])]
+    assert len(folds) == 5
+    summary = pd.read_csv(demo_dir / "results/demo/eval/summary.csv")
+    assert len(summary) >= 1 and (summary["model"] == "abmil").any()
+
+
+def test_demo_qc_reports_empty_and_native_20x_slides(demo_dir: Path) -> None:
+    sheet = pd.read_csv(demo_dir / "results/demo/slides.tsv", sep="\t", dtype=str)
+    qc = pd.read_parquet(demo_dir / "results/demo/qc.parquet").set_index("slide")
+    assert set(qc.index) == set(sheet["slide_id"])
+    empty = sheet.loc[sheet["scan"] == "empty", "slide_id"].item()
+    native20 = sheet.loc[sheet["scan"] == "20x", "slide_id"].item()
+    assert qc.at[empty, "status"] == "no_tissue"
+    assert qc.at[empty, "patches_20x"] == 0 and qc.at[empty, "patches_5x"] == 0
+    assert qc.at[native20, "status"] == "ok"
+    assert qc.at[native20, "mpp"] == pytest.approx(0.5, abs=1e-3)
+    ok = qc[qc["status"] == "ok"]
+    assert (ok["patches_20x"] > 0).all() and (ok["patches_5x"] > 0).all()
+    assert (demo_dir / f"results/demo/qc/{empty}.png").stat().st_size > 0
+
+
+def test_hierarchy_files_link_children_by_grid_slot(demo_dir: Path) -> None:
+    import h5py
+    import numpy as np
+
+    slide = pd.read_parquet(demo_dir / "results/demo/qc.parquet").query("status == 'ok'")["slide"].iloc[0]
+    with h5py.File(demo_dir / f"results/demo/features/tiny-clip/hier_5x_20x/{slide}.h5") as f:
+        coords, mask, parents = f["coords"][:], f["mask"][:], f["parent_coords"][:]
+        size5 = int(f.attrs["patch_size_level0_5x"])
+        size20 = int(f.attrs["patch_size_level0_20x"])
+    assert size5 == 4 * size20
+    rows, slots = np.nonzero(mask)
+    offsets = (coords[rows, slots] - parents[rows]) // size20
+    assert (offsets[:, 1] * 4 + offsets[:, 0] == slots).all()
+
+
+def test_jobs_import_slidesnake_from_this_checkout(demo_dir: Path) -> None:
+    log = next((demo_dir / "results/logs/demo/segment").glob("*.log")).read_text()
+    assert f"from {REPO / 'slidesnake'}" in log
+
+
+def test_second_run_has_nothing_to_do(demo_dir: Path) -> None:
+    assert planned_jobs(run_snakemake(demo_dir, "-n")) == {}
+
+
+def test_training_parameter_reruns_only_training_and_evaluation(demo_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", training={"epochs": 41})
+    jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
+    assert set(jobs) == {"train", "evaluate", "summary", "all"}
+    assert jobs["train"] == 5
+
+
+def test_segmentation_parameter_reruns_segmentation_and_downstream_only(demo_dir: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", segmentation={"params": {"sthresh": 9}})
+    jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
+    n_slides = len(pd.read_csv(demo_dir / "results/demo/slides.tsv", sep="\t"))
+    assert jobs["segment"] == n_slides
+    assert jobs["patch"] == 2 * n_slides
+    assert {"extract_features", "link_hierarchy", "train", "evaluate", "qc_table"} <= set(jobs)
+    assert not {"demo_slide", "demo_cohort"} & set(jobs)
+
+
+def test_report_has_metrics_and_qc(demo_dir: Path) -> None:
+    run_snakemake(demo_dir, "--report", "report.html")
+    html = (demo_dir / "report.html").read_text(errors="replace")
+    assert "summary.csv" in html and "qc.tsv" in html and "metrics.csv" in html
+
+
+def test_wrong_config_key_fails_before_any_job(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", training={"epoch": 3})
+    proc = run_snakemake(tmp_path, "--cores", "1", configfile=config, check=False)
+    assert proc.returncode != 0
+    assert "epoch" in proc.stderr and "training" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_wrong_config_type_names_the_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", features={"batch_size": "big"})
+    proc = run_snakemake(tmp_path, "-n", configfile=config, check=False)
+    assert proc.returncode != 0 and "batch_size" in proc.stderr
+
+
+def test_slurm_profile_dry_run(tmp_path: Path) -> None:
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["set-resources"]["extract_features"]["gpu"] == 1
+    assert profile["set-resources"]["train"]["gpu"] == 1
+    jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles/slurm")))
+    assert jobs["extract_features"] == 2 * jobs["segment"] and jobs["demo_slide"] == jobs["segment"]
+
+
+def test_bad_slides_do_not_stop_the_cohort(demo_dir: Path, tmp_path: Path) -> None:
+    demo_sheet = pd.read_csv(demo_dir / "results/demo/slides.tsv", sep="\t", dtype=str)
+    good = demo_sheet[demo_sheet["scan"] == "40x"].head(2)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    rows = []
+    for slide_id, path in zip(good["slide_id"], good["path"]):
+        shutil.copy(demo_dir / path, slides / f"{slide_id}.svs")
+        rows.append((slide_id, f"case-{slide_id}", str(slides / f"{slide_id}.svs"), "a"))
+    data = (slides / f"{good['slide_id'].iloc[0]}.svs").read_bytes()
+    (slides / "truncated.svs").write_bytes(data[: len(data) // 3])
+    (slides / "notaslide.svs").write_text("this is not a slide\n")
+    empty = demo_sheet.loc[demo_sheet["scan"] == "empty", "path"].item()
+    shutil.copy(demo_dir / empty, slides / "empty.svs")
+    rows += [(name, f"case-{name}", str(slides / f"{name}.svs"), "b") for name in ("truncated", "notaslide", "empty")]
+    pd.DataFrame(rows, columns=["slide_id", "case_id", "path", "label"]).to_csv(tmp_path / "sheet.tsv", sep="\t", index=False)
+    config = write_config(tmp_path / "c.yaml", cohort="bad", source="sheet", sheet=str(tmp_path / "sheet.tsv"))
+    run_snakemake(tmp_path, "--cores", "2", "results/bad/qc.parquet", configfile=config)
+    qc = pd.read_parquet(tmp_path / "results/bad/qc.parquet").set_index("slide")
+    assert qc.loc[good["slide_id"], "status"].eq("ok").all()
+    assert (qc.loc[good["slide_id"], "patches_20x"] > 0).all()
+    assert qc.at["truncated", "status"].startswith("unreadable")
+    assert qc.at["notaslide", "status"].startswith("unreadable")
+    assert qc.at["empty", "status"] == "no_tissue"
+    assert qc.loc[["truncated", "notaslide", "empty"], "patches_20x"].eq(0).all()
