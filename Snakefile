@@ -22,8 +22,18 @@ report: "resources/report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/demo.smk"
-include: "rules/download.smk"
+
+
+if config["source"] == "demo":
+
+    include: "rules/demo.smk"
+
+
+if config["source"] in ("gdc", "visium"):
+
+    include: "rules/download.smk"
+
+
 include: "rules/tissue.smk"
 include: "rules/features.smk"
 include: "rules/hierarchy.smk"

@@ -39,6 +39,7 @@ def sheet_file():
 
 
 def _static_sheet():
+    """The sheet known at parse time (demo, sheet); None for GDC cohorts (known after the query)."""
     if SOURCE == "demo":
         from slidesnake.data.demo import DemoConfig, demo_sheet
 
@@ -123,6 +124,8 @@ def train_hierarchy(wildcards):
 
 
 def all_targets(wildcards):
+    if SOURCE == "visium":  # expression cohorts: AnnData per sample (image-expression models come later)
+        return expand("results/{cohort}/visium/{sample}.h5ad", cohort=COHORT, sample=config["geo"]["samples"])
     targets = [f"results/{COHORT}/qc.parquet", f"results/{COHORT}/eval/summary.csv"]
     targets += expand("results/{cohort}/qc/{slide_id}.png", cohort=COHORT, slide_id=slide_ids())
     if 5 in MAGS and 20 in MAGS:

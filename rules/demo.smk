@@ -1,6 +1,10 @@
 """The embedded synthetic demo cohort: slides, sheet, clinical and mutation tables (fully offline)."""
 
 
+localrules:
+    demo_cohort,
+
+
 rule demo_slide:
     output:
         "resources/slides/{cohort}/{slide_id}.svs",

@@ -1,6 +1,9 @@
-"""Report assets: captions live in resources/report/; `snakemake --report` collects every report() output."""
+"""Report assets: captions live in resources/report/; `snakemake --report` collects every report() output.
+
+The cohort-level tables the report shows are cheap; they run on the submit host, not as cluster jobs.
+"""
+
 
 localrules:
-    demo_cohort,
     qc_table,
     summary,

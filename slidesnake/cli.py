@@ -140,7 +140,6 @@ def _labels(args: argparse.Namespace, task):
 def cmd_splits(args: argparse.Namespace) -> int:
     from slidesnake.io.atomic import write_csv
     from slidesnake.train.splits import make_splits
-    from slidesnake.train.tasks import split_label_column
 
     config, task = _task(args)
     labels = _labels(args, task)
@@ -150,7 +149,6 @@ def cmd_splits(args: argparse.Namespace) -> int:
         k=training["folds"],
         val_fraction=training["val_fraction"],
         seed=training["split_seed"],
-        label_column=split_label_column(task, labels),
     )
     write_csv(args.out, folds)
     print(f"{folds['case_id'].nunique()} patients in {training['folds']} folds -> {args.out}")

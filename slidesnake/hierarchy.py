@@ -50,6 +50,15 @@ def link(
     child_features = np.asarray(child_features, dtype=np.float32)
     parent_size = CHILDREN_PER_SIDE * child_size_level0
     dim = child_features.shape[1] if child_features.ndim == 2 else 0
+    if len(parent_coords) == 0 or len(child_coords) == 0:  # no tissue at one magnification
+        return Hierarchy(
+            np.zeros((0, N_CHILDREN, dim), np.float32),
+            np.zeros((0, N_CHILDREN), bool),
+            np.zeros((0, N_CHILDREN, 2), np.int64),
+            np.zeros((0, 2), np.int64),
+            np.zeros(0, np.int64),
+            len(child_coords),
+        )
 
     if np.any(parent_coords % parent_size) or np.any(child_coords % child_size_level0):
         raise HierarchyError(
@@ -97,9 +106,10 @@ def link_files(features_5x: str | os.PathLike, features_20x: str | os.PathLike, 
         size5 = int(f5.attrs["patch_size_level0"]) if "patch_size_level0" in f5.attrs else None
     if encoder5 != encoder20:
         raise HierarchyError(f"{features_5x} ({encoder5}) and {features_20x} ({encoder20}) come from different encoders")
+    empty = len(parent_coords) == 0 or len(child_coords) == 0
     if size20 is None or size5 is None:
         raise HierarchyError(f"{features_5x} / {features_20x} lack the patch_size_level0 attribute")
-    if size5 != CHILDREN_PER_SIDE * size20:
+    if not empty and size5 != CHILDREN_PER_SIDE * size20:
         raise HierarchyError(
             f"5x patch side {size5} in {features_5x} is not 4x the 20x side {size20} in {features_20x}: grids are not aligned"
         )

@@ -4,7 +4,7 @@ from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
 from slidesnake.sheet import read_sheet
 from slidesnake.train.splits import make_splits
-from slidesnake.train.tasks import split_label_column, task_from_config, task_labels
+from slidesnake.train.tasks import task_from_config, task_labels
 
 setup_job_logging(snakemake.log[0])
 task = task_from_config(snakemake.wildcards.task, snakemake.params.task)
@@ -19,6 +19,5 @@ folds = make_splits(
     k=snakemake.params.folds,
     val_fraction=snakemake.params.val_fraction,
     seed=snakemake.params.seed,
-    label_column=split_label_column(task, labels),
 )
 write_csv(snakemake.output[0], folds)

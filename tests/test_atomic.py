@@ -1,0 +1,29 @@
+"""Atomic writers leave either the complete new file or the old one, never a partial file."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from slidesnake.io.atomic import atomic_path, write_h5, write_json
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path) -> None:
+    target = tmp_path / "out.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_h5_keeps_empty_shapes_and_attrs(tmp_path) -> None:
+    write_h5(tmp_path / "f.h5", {"coords": np.zeros((0, 2), np.int64)}, {"encoder": "e", "mpp_source": None})
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f["coords"].shape == (0, 2) and f["coords"].dtype == np.int64
+        assert f.attrs["encoder"] == "e" and f.attrs["mpp_source"] == ""
