@@ -2,6 +2,7 @@
 
 import os
 
+from slidesnake.models.mil.kinds import HIERARCHY_MODELS
 from slidesnake.naming import encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
 
@@ -13,7 +14,6 @@ ENCODERS = {encoder_slug(name): name for name in config["features"]["encoders"]}
 TRAIN = config["training"]
 TRAIN_ENCODER = encoder_slug(TRAIN["encoder"])
 TASKS = config["tasks"]
-HIERARCHICAL_MODELS = {"hipt"}
 
 
 wildcard_constraints:
@@ -50,6 +50,7 @@ def _static_sheet():
 
 
 SHEET = _static_sheet()
+SHEET_PATHS = dict(zip(SHEET["slide_id"], SHEET["path"])) if SHEET is not None else {}
 
 
 def cohort_sheet():
@@ -63,10 +64,14 @@ def slide_ids(wildcards=None):
     return cohort_sheet()["slide_id"].tolist()
 
 
-def slide_path(wildcards):
+def slide_file(slide_id):
     if SOURCE == "sheet":
-        return SHEET.set_index("slide_id").at[wildcards.slide_id, "path"]
-    return f"{slides_dir()}/{wildcards.slide_id}.svs"
+        return SHEET_PATHS[slide_id]
+    return f"{slides_dir()}/{slide_id}.svs"
+
+
+def slide_path(wildcards):
+    return slide_file(wildcards.slide_id)
 
 
 def per_slide(pattern, **fixed):
@@ -113,7 +118,7 @@ def train_features(wildcards):
 
 
 def train_hierarchy(wildcards):
-    if wildcards.model not in HIERARCHICAL_MODELS:
+    if wildcards.model not in HIERARCHY_MODELS:
         return []
     return expand(
         "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
@@ -135,6 +140,21 @@ def all_targets(wildcards):
             encoder=list(ENCODERS),
             slide_id=slide_ids(),
         )
+    evaluated = expand(
+        "results/{cohort}/eval/{task}/{model}/{encoder}/curves.png",
+        cohort=COHORT,
+        task=list(TASKS),
+        model=TRAIN["models"],
+        encoder=TRAIN_ENCODER,
+    )
+    targets += evaluated + expand(
+        "results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}",
+        cohort=COHORT,
+        task=list(TASKS),
+        model=TRAIN["models"],
+        encoder=TRAIN_ENCODER,
+        fold=range(TRAIN["folds"]),
+    )
     targets += expand(
         "results/{cohort}/text/{encoder}/{prompts}.h5",
         cohort=COHORT,

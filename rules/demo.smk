@@ -10,6 +10,8 @@ rule demo_slide:
         "resources/slides/{cohort}/{slide_id}.svs",
     params:
         demo=config["demo"],
+    resources:
+        mem_mb=1000,
     log:
         "results/logs/{cohort}/demo_slide/{slide_id}.log",
     benchmark:

@@ -37,14 +37,12 @@ rule evaluate:
         "../workflow/scripts/evaluate.py"
 
 
+EVALUATED = [(task, model, TRAIN_ENCODER) for task in TASKS for model in TRAIN["models"]]
+
+
 rule summary:
     input:
-        expand(
-            "results/{{cohort}}/eval/{task}/{model}/{encoder}/metrics.csv",
-            task=list(TASKS),
-            model=TRAIN["models"],
-            encoder=TRAIN_ENCODER,
-        ),
+        [f"results/{{cohort}}/eval/{task}/{model}/{encoder}/metrics.csv" for task, model, encoder in EVALUATED],
     output:
         report(
             "results/{cohort}/eval/summary.csv",
@@ -52,9 +50,68 @@ rule summary:
             subcategory="Comparison",
             caption="../resources/report/summary.rst",
         ),
+    params:
+        evaluated=EVALUATED,
     log:
         "results/logs/{cohort}/summary.log",
     conda:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/summary.py"
+
+
+rule curves:
+    input:
+        fold_predictions,
+    output:
+        report(
+            "results/{cohort}/eval/{task}/{model}/{encoder}/curves.png",
+            category="Evaluation",
+            subcategory="{task}",
+            caption="../resources/report/curves.rst",
+            labels={"task": "{task}", "model": "{model}", "encoder": "{encoder}", "figure": "curves"},
+        ),
+    params:
+        task=task_config,
+    log:
+        "results/logs/{cohort}/curves/{task}/{model}/{encoder}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/curves.py"
+
+
+def heatmap_inputs(wildcards):
+    inputs = train_inputs(wildcards)
+    return {
+        "model": f"results/{COHORT}/models/{wildcards.task}/{wildcards.model}/{wildcards.encoder}/fold{wildcards.fold}/model.pt",
+        "folds": inputs["folds"],
+        "features": inputs["features"],
+        "hierarchy": inputs["hierarchy"],
+        "slides": [slide_file(s) for s in slide_ids()],
+    }
+
+
+rule heatmaps:
+    input:
+        unpack(heatmap_inputs),
+    output:
+        report(
+            directory("results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}"),
+            patterns=["{slide_id}.{kind}.png"],
+            category="Heatmaps",
+            subcategory="{task} {model}",
+            caption="../resources/report/heatmap.rst",
+            labels={"slide": "{slide_id}", "figure": "{kind}"},
+        ),
+    params:
+        slide_ids=slide_ids,
+        top_k=8,
+        device=TRAIN["device"],
+        mpp_fallback=config["mpp_fallback"],
+    log:
+        "results/logs/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/heatmaps.py"

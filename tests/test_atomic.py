@@ -27,3 +27,12 @@ def test_h5_keeps_empty_shapes_and_attrs(tmp_path) -> None:
     with h5py.File(tmp_path / "f.h5") as f:
         assert f["coords"].shape == (0, 2) and f["coords"].dtype == np.int64
         assert f.attrs["encoder"] == "e" and f.attrs["mpp_source"] == ""
+
+
+def test_outputs_get_the_umask_mode_not_mkstemp_0600(tmp_path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_json(tmp_path / "m.json", {})
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -26,7 +26,7 @@ def test_demo_reaches_auc_0_9(demo_dir: Path) -> None:
     mean = metrics.set_index("fold").loc["mean"]
     assert float(mean["auc"]) >= 0.9, metrics.to_string()
     assert {"accuracy", "balanced_accuracy", "macro_f1", "auc"} <= set(metrics.columns)
-    folds = metrics[~metrics["fold"].isin(["mean", "std"])]
+    folds = metrics[~metrics["fold"].isin(["mean", "std", "pooled"])]
     assert len(folds) == 5
     summary = pd.read_csv(demo_dir / "results/demo/eval/summary.csv")
     assert len(summary) >= 1 and (summary["model"] == "abmil").any()
@@ -62,6 +62,15 @@ def test_hierarchy_files_link_children_by_grid_slot(demo_dir: Path) -> None:
     assert (offsets[:, 1] * 4 + offsets[:, 0] == slots).all()
 
 
+def test_report_figures_exist_for_every_test_slide(demo_dir: Path) -> None:
+    folds = pd.read_csv(demo_dir / "results/demo/splits/subtype/folds.csv")
+    test = folds[folds["split"] == "test"]
+    for fold, slide_id in zip(test["fold"], test["slide_id"]):
+        png = demo_dir / f"results/demo/heatmaps/subtype/abmil/tiny-clip/fold{fold}/{slide_id}.heatmap.png"
+        assert png.stat().st_size > 0, png
+    assert (demo_dir / "results/demo/eval/subtype/abmil/tiny-clip/curves.png").stat().st_size > 0
+
+
 def test_jobs_import_slidesnake_from_this_checkout(demo_dir: Path) -> None:
     log = next((demo_dir / "results/logs/demo/segment").glob("*.log")).read_text()
     assert f"from {REPO / 'slidesnake'}" in log
@@ -74,8 +83,8 @@ def test_second_run_has_nothing_to_do(demo_dir: Path) -> None:
 def test_training_parameter_reruns_only_training_and_evaluation(demo_dir: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", training={"epochs": 41})
     jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
-    assert set(jobs) == {"train", "evaluate", "summary", "all"}
-    assert jobs["train"] == 5
+    assert set(jobs) == {"train", "evaluate", "summary", "curves", "heatmaps", "all"}
+    assert jobs["train"] == 5 and jobs["heatmaps"] == 5
 
 
 def test_segmentation_parameter_reruns_segmentation_and_downstream_only(demo_dir: Path, tmp_path: Path) -> None:

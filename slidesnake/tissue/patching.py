@@ -25,7 +25,7 @@ from slidesnake.io.slide import (
     read_plan,
     slide_info,
 )
-from slidesnake.tissue.segmentation import STATUS_OK, read_tissue
+from slidesnake.tissue.segmentation import STATUS_NO_TISSUE, STATUS_OK, read_tissue
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def patch_slide(
         "magnification": float(mag), "slide_id": tissue["slide_id"], "status": tissue["status"],
     }  # fmt: skip
     coords = np.zeros((0, 2), dtype=np.int64)
-    if tissue["status"] == STATUS_OK and mpp:
+    # A slide without tissue still gets its read plan, so downstream files describe the same grid.
+    if tissue["status"] in (STATUS_OK, STATUS_NO_TISSUE) and mpp:
         try:
             plan = read_plan(_info_of_record(tissue, mpp), mag, patch_size, allow_upsample)
         except ResolutionError as exc:
@@ -177,7 +178,8 @@ def patch_slide(
                 patch_size_level0=plan.patch_size_level0, read_level=plan.read_level,
                 read_downsample=plan.read_downsample, upsample=plan.upsample,
             )  # fmt: skip
-            coords = patch_coords({**tissue, "mpp": mpp}, mag, patch_size, min_tissue_fraction)
+            if tissue["status"] == STATUS_OK:
+                coords = patch_coords({**tissue, "mpp": mpp}, mag, patch_size, min_tissue_fraction)
     write_h5(out_h5, {"coords": coords}, attrs)
     log.info("%s: %d patches at %gx", tissue["slide_id"], len(coords), mag)
     return len(coords)

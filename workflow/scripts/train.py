@@ -24,7 +24,7 @@ train_fold(
     labels,
     pd.read_csv(snakemake.input.folds, dtype={"slide_id": str, "case_id": str}),
     int(snakemake.wildcards.fold),
-    TrainParams(**snakemake.params.train),
+    TrainParams(**snakemake.params.train, num_threads=snakemake.threads),
     str(Path(snakemake.output.model).parent),
     hierarchy={Path(p).stem: p for p in snakemake.input.hierarchy} or None,
 )

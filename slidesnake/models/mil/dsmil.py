@@ -1,0 +1,38 @@
+"""DSMIL: dual-stream MIL with a max-instance stream and a critical-instance attention stream.
+
+Li, Li & Eliceiri, "Dual-stream Multiple Instance Learning Network for Whole Slide Image
+Classification with Self-supervised Contrastive Learning", CVPR 2021. Attention of every instance is
+the similarity of its query to the query of the highest-scoring (critical) instance, per class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slidesnake.models.mil.base import MILModel, MILOutput, embed
+
+
+class DSMIL(MILModel):
+    """Instance classifier (max stream) + critical-instance attention pooling (bag stream)."""
+
+    def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25) -> None:
+        super().__init__(in_dim, n_outputs)
+        self.embed = embed(in_dim, hidden, dropout)
+        self.instance_classifier = nn.Linear(hidden, n_outputs)
+        self.query = nn.Sequential(nn.Linear(hidden, attn_dim), nn.ReLU(), nn.Linear(attn_dim, attn_dim), nn.Tanh())
+        self.value = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        # the paper's Conv1d over the C class embeddings = one linear map of the flattened (C, hidden) bag
+        self.bag_classifier = nn.Conv1d(n_outputs, n_outputs, kernel_size=hidden)
+
+    def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
+        h = self.embed(features)
+        instance_logits = self.instance_classifier(h)  # (N, C)
+        critical = instance_logits.argmax(dim=0)  # (C,)
+        q = self.query(h)
+        scores = q @ q[critical].T / q.shape[1] ** 0.5  # (N, C)
+        weights = torch.softmax(scores, dim=0)
+        bag = weights.T @ self.value(h)  # (C, hidden)
+        logits = self.bag_classifier(bag.unsqueeze(0)).view(-1)
+        max_logits = instance_logits.max(dim=0).values
+        return MILOutput(logits=logits, attention=weights[:, int(logits.argmax())], extra_logits=max_logits.view(1, -1))

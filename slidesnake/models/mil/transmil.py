@@ -1,0 +1,99 @@
+"""TransMIL: transformer MIL with Nystrom self-attention and the PPEG positional encoding.
+
+Shao et al., "TransMIL: Transformer based Correlated Multiple Instance Learning for Whole Slide Image
+Classification", NeurIPS 2021. Instances are squared into a grid, a class token is prepended, two
+Nystrom attention layers model correlations and PPEG (depth-wise convs 7/5/3) encodes position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slidesnake.models.mil.base import MILModel, MILOutput
+
+
+class NystromAttention(nn.Module):
+    """Multi-head self-attention approximated with m landmarks (Xiong et al., AAAI 2021): O(N m) memory."""
+
+    def __init__(self, dim: int, heads: int = 8, landmarks: int = 256, pinv_iterations: int = 6, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.heads, self.landmarks, self.pinv_iterations = heads, landmarks, pinv_iterations
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.residual_conv = nn.Conv2d(heads, heads, (33, 1), padding=(16, 0), groups=heads, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, dim = x.shape
+        m = min(self.landmarks, n)
+        pad = (m - n % m) % m
+        x_pad = F.pad(x, (0, 0, pad, 0))  # front padding, as in the reference implementation
+        q, k, v = self.qkv(x_pad).view(n + pad, 3, self.heads, -1).permute(1, 2, 0, 3)  # 3 x (h, L, d)
+        q = q * self.scale
+        group = (n + pad) // m
+        q_l = q.reshape(self.heads, m, group, -1).mean(dim=2)
+        k_l = k.reshape(self.heads, m, group, -1).mean(dim=2)
+        kernel1 = torch.softmax(q @ k_l.transpose(-1, -2), dim=-1)
+        kernel2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)
+        kernel3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)
+        out = kernel1 @ (_pinv(kernel2, self.pinv_iterations) @ (kernel3 @ v))
+        out = out + self.residual_conv(v.unsqueeze(0)).squeeze(0)
+        out = out.permute(1, 0, 2).reshape(n + pad, dim)[pad:]
+        return self.out(out)
+
+
+def _pinv(x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Iterative Moore-Penrose pseudo-inverse (Razavi et al.) used by Nystromformer."""
+    abs_x = x.abs()
+    z = x.transpose(-1, -2) / (abs_x.sum(dim=-1).max() * abs_x.sum(dim=-2).max())
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(iterations):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+    return z
+
+
+class PPEG(nn.Module):
+    """Pyramid position encoding generator: depth-wise 7x7 + 5x5 + 3x3 convs over the squared token grid."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in (7, 5, 3))
+
+    def forward(self, tokens: torch.Tensor, side: int) -> torch.Tensor:
+        cls, grid = tokens[:1], tokens[1:]
+        g = grid.T.reshape(1, -1, side, side)
+        g = g + sum(conv(g) for conv in self.convs)
+        return torch.cat([cls, g.flatten(2)[0].T])
+
+
+class TransMIL(MILModel):
+    """Class token + 2 Nystrom transformer layers with PPEG between them."""
+
+    def __init__(self, in_dim: int, n_outputs: int, hidden: int = 512, heads: int = 8, dropout: float = 0.25) -> None:
+        super().__init__(in_dim, n_outputs)
+        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.cls_token = nn.Parameter(torch.randn(1, hidden) * 0.02)
+        self.norm1, self.norm2, self.norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.layer1 = NystromAttention(hidden, heads, landmarks=hidden // 2)
+        self.layer2 = NystromAttention(hidden, heads, landmarks=hidden // 2)
+        self.ppeg = PPEG(hidden)
+        self.classifier = nn.Linear(hidden, n_outputs)
+
+    def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
+        h = self.fc(features)
+        n = h.shape[0]
+        side = math.ceil(math.sqrt(n))
+        h = torch.cat([h, h[: side * side - n]]) if side * side > n else h  # wrap-pad to a square, as in the paper
+        tokens = torch.cat([self.cls_token, h])
+        tokens = tokens + self.layer1(self.norm1(tokens))
+        tokens = self.ppeg(tokens, side)
+        tokens = tokens + self.layer2(self.norm2(tokens))
+        cls = self.norm(tokens[0])
+        # instance score: similarity of each (first n) token to the class token, softmaxed
+        attention = torch.softmax(tokens[1 : n + 1] @ cls / cls.shape[0] ** 0.5, dim=0)
+        return MILOutput(logits=self.classifier(cls), attention=attention)

@@ -1,0 +1,79 @@
+"""Bags for MIL: read one slide's feature (or hierarchy) h5 into tensors, subsample very large bags.
+
+Bags are read lazily per step, so memory holds one bag at a time whatever the cohort size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import torch
+
+
+class BagFileError(ValueError):
+    """A features/hierarchy h5 lacks the datasets of its file contract (DESIGN §2)."""
+
+
+@dataclass
+class Bag:
+    """One slide: features (N, D) or (N5, 16, D); coords (N, 2) or parent coords (N5, 2); mask (N5, 16)."""
+
+    features: torch.Tensor
+    coords: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def to(self, device: torch.device) -> Bag:
+        """Move every tensor to ``device``."""
+        return Bag(
+            self.features.to(device),
+            None if self.coords is None else self.coords.to(device),
+            None if self.mask is None else self.mask.to(device),
+        )
+
+
+def load_bag(path: str, input_kind: str = "flat") -> Bag:
+    """Read a features h5 (``flat``) or hierarchy h5 (``hierarchy``) into a :class:`Bag` (may be empty)."""
+    with h5py.File(path, "r") as f:
+        if "features" not in f:
+            raise BagFileError(f"{path} has no 'features' dataset; rerun the features/hierarchy rule")
+        features = torch.from_numpy(np.asarray(f["features"], dtype=np.float32))
+        if input_kind == "hierarchy":
+            for key in ("mask", "parent_coords"):
+                if key not in f:
+                    raise BagFileError(f"{path} has no {key!r} dataset; is it a hierarchy (hier_5x_20x) file?")
+            return Bag(
+                features,
+                torch.from_numpy(np.asarray(f["parent_coords"], dtype=np.int64)),
+                torch.from_numpy(np.asarray(f["mask"], dtype=bool)),
+            )
+        coords = torch.from_numpy(np.asarray(f["coords"], dtype=np.int64)) if "coords" in f else None
+    return Bag(features, coords)
+
+
+def feature_dim(path: str) -> int:
+    """The feature dimension D of a features or hierarchy h5, read from its dataset shape."""
+    with h5py.File(path, "r") as f:
+        return int(f["features"].shape[-1])
+
+
+def bag_length(path: str) -> int:
+    """Number of instances (or parent regions) in a features/hierarchy h5, without reading the data."""
+    with h5py.File(path, "r") as f:
+        return int(f["features"].shape[0]) if "features" in f else 0
+
+
+def subsample(bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
+    """Keep a random ``max_instances`` rows of a larger bag (training only) so memory stays bounded."""
+    if max_instances <= 0 or len(bag) <= max_instances:
+        return bag
+    keep = torch.randperm(len(bag), generator=generator)[:max_instances].sort().values
+    return Bag(
+        bag.features[keep],
+        None if bag.coords is None else bag.coords[keep],
+        None if bag.mask is None else bag.mask[keep],
+    )
