@@ -36,7 +36,6 @@ if config["source"] in ("gdc", "visium"):
 
 include: "rules/tissue.smk"
 include: "rules/features.smk"
-include: "rules/hierarchy.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

@@ -2,7 +2,7 @@
 
 import os
 
-from slidesnake.models.mil.kinds import HIERARCHY_MODELS
+from slidesnake.models.kinds import HIERARCHY_MODELS
 from slidesnake.naming import encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
 
@@ -13,6 +13,11 @@ MAGS = config["patching"]["magnifications"]
 ENCODERS = {encoder_slug(name): name for name in config["features"]["encoders"]}
 TRAIN = config["training"]
 TRAIN_ENCODER = encoder_slug(TRAIN["encoder"])
+if TRAIN_ENCODER not in ENCODERS:
+    raise ValueError(
+        f"config key 'training.encoder' is {TRAIN['encoder']!r}, which is not among 'features.encoders' "
+        f"{list(ENCODERS.values())}: training reads the features of one of those encoders"
+    )
 TASKS = config["tasks"]
 
 
@@ -147,14 +152,16 @@ def all_targets(wildcards):
         model=TRAIN["models"],
         encoder=TRAIN_ENCODER,
     )
-    targets += evaluated + expand(
-        "results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}",
-        cohort=COHORT,
-        task=list(TASKS),
-        model=TRAIN["models"],
-        encoder=TRAIN_ENCODER,
-        fold=range(TRAIN["folds"]),
-    )
+    targets += evaluated
+    if config["evaluation"]["heatmaps"]:
+        targets += expand(
+            "results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}",
+            cohort=COHORT,
+            task=list(TASKS),
+            model=TRAIN["models"],
+            encoder=TRAIN_ENCODER,
+            fold=range(TRAIN["folds"]),
+        )
     targets += expand(
         "results/{cohort}/text/{encoder}/{prompts}.h5",
         cohort=COHORT,

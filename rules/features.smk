@@ -1,21 +1,32 @@
-"""Patch features for every configured encoder, and text embeddings of configured prompts.
+"""Patch features for every configured encoder and magnification, the 5x→20x hierarchy, and text
+embeddings of configured prompts.
 
-One job reads a slide's patches once per magnification and feeds every encoder (DESIGN §3).
+One job per slide loads each encoder once, reads the slide's patches once per magnification for
+all encoders (DESIGN §3), and links the hierarchy (slidesnake/features/stage.py).
 """
 
 FEATURES = config["features"]
 
 
-rule extract_features:
+HIERARCHY = 5 in MAGS and 20 in MAGS
+
+
+rule features:
     input:
         slide=slide_path,
-        coords="results/{cohort}/patches/{mag}x/{slide_id}.h5",
+        coords=expand("results/{{cohort}}/patches/{mag}x/{{slide_id}}.h5", mag=MAGS),
     output:
-        expand(
-            "results/{{cohort}}/features/{encoder}/{{mag}}x/{{slide_id}}.h5",
+        features=expand(
+            "results/{{cohort}}/features/{encoder}/{mag}x/{{slide_id}}.h5",
             encoder=list(ENCODERS),
+            mag=MAGS,
+        ),
+        hierarchy=expand(
+            "results/{{cohort}}/features/{encoder}/hier_5x_20x/{{slide_id}}.h5",
+            encoder=list(ENCODERS) if HIERARCHY else [],
         ),
     params:
+        mags=MAGS,
         encoders=list(ENCODERS.values()),
         batch_size=FEATURES["batch_size"],
         num_workers=FEATURES["num_workers"],
@@ -26,13 +37,13 @@ rule extract_features:
         gpu=FEATURES["gpu"],
         mem_mb=FEATURES["mem_mb"],
     log:
-        "results/logs/{cohort}/extract_features/{mag}x/{slide_id}.log",
+        "results/logs/{cohort}/features/{slide_id}.log",
     benchmark:
-        "results/benchmarks/{cohort}/extract_features/{mag}x/{slide_id}.tsv"
+        "results/benchmarks/{cohort}/features/{slide_id}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow/scripts/extract_features.py"
+        "../workflow/scripts/features.py"
 
 
 rule embed_prompts:

@@ -120,29 +120,27 @@ def cmd_link(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task(args: argparse.Namespace):
+def _task_config(args: argparse.Namespace) -> tuple[dict, dict]:
     from slidesnake.config import load_config
-    from slidesnake.train.tasks import task_from_config
 
     config = load_config(args.config)
     if args.task not in config["tasks"]:
         raise ValueError(f"task {args.task!r} is not in {args.config} (tasks: {sorted(config['tasks'])})")
-    return config, task_from_config(args.task, config["tasks"][args.task])
+    return config, config["tasks"][args.task]
 
 
-def _labels(args: argparse.Namespace, task):
-    from slidesnake.sheet import read_sheet
-    from slidesnake.train.tasks import task_labels
+def _task_labels(args: argparse.Namespace):
+    from slidesnake.train.tasks import load_task_labels
 
-    return task_labels(task, read_sheet(args.sheet), clinical=args.clinical, mutations=args.mutations)
+    config, task_cfg = _task_config(args)
+    return (config, *load_task_labels(args.task, task_cfg, args.sheet, clinical=args.clinical, mutations=args.mutations))
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
     from slidesnake.io.atomic import write_csv
     from slidesnake.train.splits import make_splits
 
-    config, task = _task(args)
-    labels = _labels(args, task)
+    config, _, labels = _task_labels(args)
     training = config["training"]
     folds = make_splits(
         labels,
@@ -160,8 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from slidesnake.train.loop import TrainParams, train_fold
 
-    config, task = _task(args)
-    labels = _labels(args, task)
+    config, task, labels = _task_labels(args)
     training = config["training"]
     params = TrainParams(**{k: training[k] for k in ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device")})
     features = {p.stem: str(p) for p in sorted(Path(args.features).glob("*.h5"))}
@@ -176,7 +173,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from slidesnake.evaluate.metrics import evaluate_predictions
     from slidesnake.io.atomic import write_csv
 
-    config, task = _task(args)
+    from slidesnake.train.tasks import task_from_config
+
+    config, task_cfg = _task_config(args)
+    task = task_from_config(args.task, task_cfg)
     metrics = evaluate_predictions(task, args.predictions, n_bootstrap=config["evaluation"]["bootstrap"], seed=config["evaluation"]["seed"])
     write_csv(args.out, metrics)
     print(metrics.to_string(index=False))

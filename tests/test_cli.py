@@ -67,3 +67,38 @@ def test_configuration_errors_exit_two(tissue_slide, tmp_path) -> None:
     assert main(["segment", str(tissue_slide), "--out", str(tmp_path / "t.json"), "--preset", "nosuch"]) == 2
     assert main(["segment", str(tissue_slide), "--out", str(tmp_path / "t.json"), "--param", "colour=3"]) == 2
     assert not (tmp_path / "t.json").exists()
+
+
+def test_splits_train_evaluate_chain(tmp_path, capsys) -> None:
+    import pandas as pd
+    import yaml
+
+    from slidesnake.io.atomic import write_h5
+
+    rng = np.random.default_rng(0)
+    rows, feats = [], tmp_path / "features"
+    for i in range(12):
+        label = "a" if i % 2 else "b"
+        x = rng.normal(size=(20, 8)).astype(np.float32) + (1.5 if label == "a" else -1.5)
+        write_h5(feats / f"s{i}.h5", {"features": x, "coords": np.zeros((20, 2), np.int64)}, {"encoder": "t", "dim": 8})
+        rows.append((f"s{i}", f"p{i}", f"/none/s{i}.svs", label))
+    pd.DataFrame(rows, columns=["slide_id", "case_id", "path", "label"]).to_csv(tmp_path / "sheet.tsv", sep="\t", index=False)
+    config = {"cohort": "c", "tasks": {"subtype": {"kind": "classification", "column": "label"}},
+              "training": {"folds": 3, "epochs": 15, "patience": 15, "lr": 1e-3}, "evaluation": {"bootstrap": 50}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    common = ["--config", str(tmp_path / "c.yaml"), "--task", "subtype", "--sheet", str(tmp_path / "sheet.tsv")]
+    assert main(["splits", *common, "--out", str(tmp_path / "folds.csv")]) == 0
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert len(folds) == 36 and set(folds["split"]) == {"train", "val", "test"}
+    predictions = []
+    for k in range(3):
+        out = tmp_path / f"fold{k}"
+        assert main(["train", *common, "--features", str(feats), "--folds", str(tmp_path / "folds.csv"),
+                     "--fold", str(k), "--out", str(out)]) == 0
+        predictions.append(str(out / "predictions.parquet"))
+    assert main(["evaluate", "--config", str(tmp_path / "c.yaml"), "--task", "subtype", *predictions,
+                 "--out", str(tmp_path / "metrics.csv")]) == 0
+    metrics = pd.read_csv(tmp_path / "metrics.csv").set_index("fold")
+    assert metrics.loc["pooled", "auc"] >= 0.9  # features are shifted by ±1.5 per class
+    assert main(["evaluate", "--config", str(tmp_path / "c.yaml"), "--task", "nosuch", *predictions,
+                 "--out", str(tmp_path / "m2.csv")]) == 2

@@ -72,7 +72,7 @@ def test_report_figures_exist_for_every_test_slide(demo_dir: Path) -> None:
 
 
 def test_jobs_import_slidesnake_from_this_checkout(demo_dir: Path) -> None:
-    log = next((demo_dir / "results/logs/demo/segment").glob("*.log")).read_text()
+    log = next((demo_dir / "results/logs/demo/tissue").glob("*.log")).read_text()
     assert f"from {REPO / 'slidesnake'}" in log
 
 
@@ -91,9 +91,8 @@ def test_segmentation_parameter_reruns_segmentation_and_downstream_only(demo_dir
     config = write_config(tmp_path / "c.yaml", segmentation={"params": {"sthresh": 9}})
     jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
     n_slides = len(pd.read_csv(demo_dir / "results/demo/slides.tsv", sep="\t"))
-    assert jobs["segment"] == n_slides
-    assert jobs["patch"] == 2 * n_slides
-    assert {"extract_features", "link_hierarchy", "train", "evaluate", "qc_table"} <= set(jobs)
+    assert jobs["tissue"] == n_slides and jobs["features"] == n_slides
+    assert {"train", "evaluate", "qc_table", "heatmaps"} <= set(jobs)
     assert not {"demo_slide", "demo_cohort"} & set(jobs)
 
 
@@ -120,10 +119,10 @@ def test_wrong_config_type_names_the_key(tmp_path: Path) -> None:
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    assert profile["set-resources"]["extract_features"]["gpu"] == 1
+    assert profile["set-resources"]["features"]["gpu"] == 1
     assert profile["set-resources"]["train"]["gpu"] == 1
     jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles/slurm")))
-    assert jobs["extract_features"] == 2 * jobs["segment"] and jobs["demo_slide"] == jobs["segment"]
+    assert jobs["features"] == jobs["tissue"] == jobs["demo_slide"] == 21
 
 
 def test_bad_slides_do_not_stop_the_cohort(demo_dir: Path, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from slidesnake.sheet import read_sheet
+
 log = logging.getLogger(__name__)
 
 KINDS = ("classification", "multilabel", "survival")
@@ -161,3 +163,11 @@ def _targets(task: Task, merged: pd.DataFrame) -> pd.DataFrame:
     keep["event"] = pd.to_numeric(merged[task.event], errors="coerce")
     keep = keep.dropna(subset=["time", "event"])
     return keep.astype({"event": int})
+
+
+def load_task_labels(
+    name: str, cfg: dict[str, Any], sheet_tsv: str, clinical: str | None = None, mutations: str | None = None
+) -> tuple[Task, pd.DataFrame]:
+    """The task of config entry ``tasks.<name>`` and its per-slide labels, read from the pipeline's files."""
+    task = task_from_config(name, cfg)
+    return task, task_labels(task, read_sheet(sheet_tsv), clinical=clinical, mutations=mutations)

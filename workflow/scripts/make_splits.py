@@ -2,22 +2,16 @@
 
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
-from slidesnake.sheet import read_sheet
 from slidesnake.train.splits import make_splits
-from slidesnake.train.tasks import task_from_config, task_labels
+from slidesnake.train.tasks import load_task_labels
 
 setup_job_logging(snakemake.log[0])
-task = task_from_config(snakemake.wildcards.task, snakemake.params.task)
-labels = task_labels(
-    task,
-    read_sheet(snakemake.input.sheet),
+_, labels = load_task_labels(
+    snakemake.wildcards.task,
+    snakemake.params.task,
+    snakemake.input.sheet,
     clinical=snakemake.input.get("clinical"),
     mutations=snakemake.input.get("mutations"),
 )
-folds = make_splits(
-    labels,
-    k=snakemake.params.folds,
-    val_fraction=snakemake.params.val_fraction,
-    seed=snakemake.params.seed,
-)
+folds = make_splits(labels, k=snakemake.params.folds, val_fraction=snakemake.params.val_fraction, seed=snakemake.params.seed)
 write_csv(snakemake.output[0], folds)

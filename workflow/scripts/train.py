@@ -5,15 +5,14 @@ from pathlib import Path
 import pandas as pd
 
 from slidesnake.joblog import setup_job_logging
-from slidesnake.sheet import read_sheet
 from slidesnake.train.loop import TrainParams, train_fold
-from slidesnake.train.tasks import task_from_config, task_labels
+from slidesnake.train.tasks import load_task_labels
 
 setup_job_logging(snakemake.log[0])
-task = task_from_config(snakemake.wildcards.task, snakemake.params.task)
-labels = task_labels(
-    task,
-    read_sheet(snakemake.input.sheet),
+task, labels = load_task_labels(
+    snakemake.wildcards.task,
+    snakemake.params.task,
+    snakemake.input.sheet,
     clinical=snakemake.input.get("clinical"),
     mutations=snakemake.input.get("mutations"),
 )
