@@ -7,6 +7,16 @@ from slidesnake.naming import encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
 
 
+def sorted_keys(value):
+    """A dict param with its keys sorted (recursively): Snakemake compares params by their text, so
+    reordering keys in a config file must not rerun jobs."""
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
+
+
 COHORT = config["cohort"]
 SOURCE = config["source"]
 MAGS = config["patching"]["magnifications"]
@@ -98,7 +108,7 @@ def prompt_file(wildcards):
 
 
 def task_config(wildcards):
-    return TASKS[wildcards.task]
+    return sorted_keys(TASKS[wildcards.task])
 
 
 def label_tables(wildcards):

@@ -9,7 +9,7 @@ rule demo_slide:
     output:
         "resources/slides/{cohort}/{slide_id}.svs",
     params:
-        demo=config["demo"],
+        demo=sorted_keys(config["demo"]),
     resources:
         mem_mb=1000,
     log:
@@ -30,7 +30,7 @@ rule demo_cohort:
         clinical="results/{cohort}/clinical.parquet",
         mutations="results/{cohort}/mutations.parquet",
     params:
-        demo=config["demo"],
+        demo=sorted_keys(config["demo"]),
         slide_dir=slides_dir(),
     log:
         "results/logs/{cohort}/demo_cohort.log",

@@ -21,7 +21,7 @@ rule tissue:
     params:
         mags=MAGS,
         preset=config["segmentation"]["preset"],
-        overrides=config["segmentation"]["params"],
+        overrides=sorted_keys(config["segmentation"]["params"]),
         patch_size=config["patching"]["patch_size"],
         min_tissue_fraction=config["patching"]["min_tissue_fraction"],
         allow_upsample=config["patching"]["allow_upsample"],

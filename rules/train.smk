@@ -2,7 +2,7 @@
 
 TRAIN_PARAMS = {
     key: TRAIN[key]
-    for key in ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device")
+    for key in sorted(("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device"))
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 
 import slidesnake.features.extract as extract_mod
 from slidesnake.features.device import DeviceUnavailableError, select_device
-from slidesnake.features.encoders import OPENAI_MEAN, Encoder, EncoderSpec, load_encoder
-from slidesnake.features.extract import CoordsMismatchError, _BatchEncoder, extract_features
+from slidesnake.features.encoders import OPENAI_MEAN, OPENAI_STD, Encoder, EncoderSpec, load_encoder, resize_patch
+from slidesnake.features.extract import CoordsMismatchError, CpuShare, _BatchEncoder, cpu_share, extract_features
 from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info
 from tests._feature_fixtures import CELL, GRID, cell_rgb, colour_grid_slide, coords_file, save_open_clip_folder, tiny_open_clip
 
@@ -74,25 +75,67 @@ def test_features_show_expected_pixels_at_20x_and_5x(slide, tmp_path, monkeypatc
     assert attrs["magnification"] == 5.0 and attrs["patch_size_level0"] == CELL * GRID
 
 
+def _documented_preprocess(patches: np.ndarray, size: int) -> torch.Tensor:
+    """docs/encoders.md, spelled out: cv2 INTER_AREA to the input size in uint8, then (x/255 - mean)/std."""
+    small = np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in patches])
+    x = torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+
+
 def test_features_equal_direct_model_call_in_coords_order(slide, tmp_path, tiny_clip):
     order = [(CELL * 3, 0), (0, 0), (CELL, CELL * 2), (CELL * 2, CELL * 3), (0, CELL)]
     c20 = coords_file(tmp_path / "c20.h5", order, mag=20, size0=CELL)
     out = tmp_path / "tiny.h5"
+    # batches of 2 over 5 patches: the first read in this process, the rest by 2 workers, in order
     assert extract_features(slide, c20, ["tiny-clip"], [str(out)], batch_size=2, num_workers=2) == [5]
 
     features, attrs = _read(out)
     coords, _ = _read(out, "coords")
     handle = open_slide(slide)
     plan = read_plan(slide_info(handle), 20, 256)
-    patches = torch.from_numpy(np.stack([read_patch(handle, x, y, plan) for x, y in order]))
+    patches = np.stack([read_patch(handle, x, y, plan) for x, y in order])
     with torch.inference_mode():
-        direct = tiny_clip.encode_image(tiny_clip.preprocess(patches)).numpy()
+        direct = tiny_clip.model.encode_image(_documented_preprocess(patches, 64)).numpy()
     assert features.dtype == np.float32 and features.shape == (5, 64)
     np.testing.assert_array_equal(coords, np.array(order))
     np.testing.assert_allclose(features, direct, rtol=1e-4, atol=1e-5)
     assert not np.allclose(features[0], features[1])  # different cells -> different features
     assert attrs["encoder"] == "tiny-clip" and attrs["dim"] == 64 and not attrs["normalized"]
     assert attrs["target_mpp"] == 0.5
+
+
+def test_loaded_encoder_is_accepted_and_cpu_threads_are_restored(slide, tmp_path, tiny_clip):
+    c20 = coords_file(tmp_path / "c20.h5", [(0, 0), (CELL, CELL), (CELL * 2, 0)], mag=20, size0=CELL)
+    threads = torch.get_num_threads()
+    by_name, by_object = str(tmp_path / "name.h5"), str(tmp_path / "object.h5")
+    extract_features(slide, c20, ["tiny-clip"], [by_name], batch_size=2, num_workers="auto")
+    extract_features(slide, c20, [tiny_clip], [by_object], batch_size=2, num_workers=0)
+    assert torch.get_num_threads() == threads
+    np.testing.assert_allclose(_read(by_object)[0], _read(by_name)[0], rtol=1e-5, atol=1e-6)
+    assert _read(by_object)[1]["encoder"] == "tiny-clip"
+    with pytest.raises(ValueError, match="num_workers"):
+        extract_features(slide, c20, ["tiny-clip"], [str(tmp_path / "bad.h5")], num_workers="many")
+
+
+def test_cpu_share_splits_cores_by_measured_cost():
+    # tiny model (0.4 ms/patch) behind 2 ms reads: one model thread, the readers get the rest
+    assert cpu_share(read_s=2e-3, model_s=4e-4, cores=2, max_threads=2) == CpuShare(threads=1, workers=2)
+    # ViT-B (100 ms/patch) behind the same reads: the model gets every core, one reader is enough
+    assert cpu_share(read_s=2e-3, model_s=0.1, cores=8, max_threads=8) == CpuShare(threads=8, workers=1)
+    assert cpu_share(read_s=1e-3, model_s=1e-3, cores=8, max_threads=8) == CpuShare(threads=4, workers=4)
+    # a user's worker count is kept; the torch thread cap is respected
+    assert cpu_share(read_s=2e-3, model_s=0.1, cores=8, max_threads=3, workers=0) == CpuShare(threads=3, workers=0)
+
+
+def test_resize_is_an_exact_area_average_for_whole_factors():
+    patch = np.kron(np.arange(16, dtype=np.uint8).reshape(4, 4) * 16, np.ones((64, 64), np.uint8))
+    patch = np.repeat(patch[..., None], 3, axis=-1)
+    patch[0, 0] = (255, 255, 255)  # one outlier pixel moves its 4x4 box mean by (255 - 0) / 16
+    small = resize_patch(patch, 64)
+    assert small.shape == (64, 64, 3)
+    assert small[0, 0, 0] == 16 and small[0, 1, 0] == 0  # round(255/16) = 16, next box untouched
+    np.testing.assert_array_equal(small[20, 20], [80, 80, 80])  # block (1, 1) holds 5 * 16
+    assert resize_patch(small, 64) is small
 
 
 def test_one_read_feeds_several_encoders(slide, tmp_path, monkeypatch):
@@ -160,10 +203,12 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_features():
     torch.testing.assert_close(got, expected)
 
 
-def test_preprocess_accepts_both_layouts_and_normalises(tiny_clip):
+def test_preprocess_accepts_both_layouts_normalises_and_resizes_like_the_workers(tiny_clip):
     patch = torch.full((1, 64, 64, 3), 255, dtype=torch.uint8)
     hwc = tiny_clip.preprocess(patch)
     chw = tiny_clip.preprocess(patch.permute(0, 3, 1, 2))
     torch.testing.assert_close(hwc, chw)
     expected = (1.0 - torch.tensor(OPENAI_MEAN)) / torch.tensor(tiny_clip.spec.std)
     torch.testing.assert_close(hwc[0, :, 10, 10], expected)
+    big = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(tiny_clip.preprocess(big), _documented_preprocess(big.numpy(), 64))

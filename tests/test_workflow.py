@@ -106,14 +106,14 @@ def test_wrong_config_key_fails_before_any_job(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", training={"epoch": 3})
     proc = run_snakemake(tmp_path, "--cores", "1", configfile=config, check=False)
     assert proc.returncode != 0
-    assert "epoch" in proc.stderr and "training" in proc.stderr
+    assert "epoch" in proc.stdout + proc.stderr and "training" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
 
 
 def test_wrong_config_type_names_the_key(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", features={"batch_size": "big"})
     proc = run_snakemake(tmp_path, "-n", configfile=config, check=False)
-    assert proc.returncode != 0 and "batch_size" in proc.stderr
+    assert proc.returncode != 0 and "batch_size" in proc.stdout + proc.stderr
 
 
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:

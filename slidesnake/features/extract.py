@@ -12,15 +12,16 @@ job. Outputs follow DESIGN §2 and are written through ``atomic_path``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import h5py
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from slidesnake.io.atomic import atomic_path
 from slidesnake.io.slide import ReadPlan, open_slide, read_patch, read_plan, slide_info
 from slidesnake.tissue.patching import read_coords
 
-__all__ = ["CoordsMismatchError", "PatchBatches", "auto_workers", "extract_features", "select_device"]
+__all__ = ["CoordsMismatchError", "CpuShare", "PatchBatches", "auto_workers", "cpu_share", "extract_features", "select_device"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # at which resolution it was computed.
 COPIED_ATTRS = ("magnification", "patch_size", "patch_size_level0", "target_mpp", "read_level", "read_downsample", "mpp_source")
 PREFETCH_BATCHES = 2  # batches each worker keeps ready: enough to hide read jitter, bounded memory
+PROBE_PATCHES = 4  # patches timed on one thread to measure the model's per-patch cost on the CPU
 MAX_CUDA_WORKERS = 16  # readers beyond this rarely help one GPU and cost memory
 
 
@@ -54,12 +56,34 @@ def available_cores() -> int:
 
 
 def auto_workers(device: torch.device, cores: int | None = None) -> int:
-    """Reader processes for ``num_workers="auto"``: one per core on the CPU (readers and the model share
-    the cores and the OS balances them), all cores but the feeding one on CUDA (the GPU does the maths)."""
+    """Reader processes for ``num_workers="auto"`` on CUDA: every core but the one feeding the GPU.
+    (On the CPU, :func:`cpu_share` sizes them from measured costs instead.)"""
     cores = cores or available_cores()
-    if device.type == "cuda":
-        return max(1, min(cores - 1, MAX_CUDA_WORKERS))
-    return max(1, cores)
+    return max(1, min(cores - 1, MAX_CUDA_WORKERS))
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """How a CPU-only run splits its cores: intra-op threads for the model, processes for reading."""
+
+    threads: int
+    workers: int
+
+
+def cpu_share(read_s: float, model_s: float, cores: int, max_threads: int, workers: int | None = None) -> CpuShare:
+    """Give the model and the readers cores in proportion to their per-patch costs (core-seconds).
+
+    A tiny model with costly reads gets one thread and the readers the rest; a large model gets every
+    core and one reader, whose share is small. Oversubscribing instead (all cores to each) makes the
+    model's threads wait at every barrier for a thread the readers pre-empted: 3-10x slower measured.
+    ``workers`` given (not None) is kept; only the model's threads are then chosen.
+    """
+    total = read_s + model_s
+    model_fraction = model_s / total if total > 0 else 1.0
+    threads = min(max(1, max_threads), max(1, round(cores * model_fraction)))
+    if workers is None:
+        workers = max(1, round(cores * (1.0 - model_fraction)))
+    return CpuShare(threads, workers)
 
 
 class PatchBatches(Dataset):
@@ -67,7 +91,9 @@ class PatchBatches(Dataset):
 
     A worker reads a whole batch per item (no per-patch IPC or collation) and resizes each patch once
     per distinct encoder input size, so one read feeds every encoder. The OpenSlide handle is opened
-    lazily in whichever process reads: every worker gets its own and the parent never forks one.
+    lazily in whichever process reads, so every worker gets its own (the parent closes any it opened
+    before the workers fork). Workers keep cv2's default threading: cv2.setNumThreads in a child forked
+    after the parent used cv2's pool deadlocks.
     """
 
     def __init__(self, slide_path: str | os.PathLike, coords: np.ndarray, plan: ReadPlan, sizes: Sequence[int], batch_size: int) -> None:
@@ -104,11 +130,6 @@ class PatchBatches(Dataset):
             self._slide = open_slide(self.slide_path)
             self._pid = os.getpid()
         return self._slide
-
-
-def _init_reader(worker_id: int) -> None:
-    """Readers are single-threaded (DataLoader already sets torch's threads): parallelism is the workers."""
-    cv2.setNumThreads(1)
 
 
 @dataclass
@@ -156,8 +177,9 @@ def extract_features(
 ) -> list[int]:
     """Write one DESIGN §2 features h5 per encoder from a single pass over the slide's patches.
 
-    ``encoders`` are names for :func:`load_encoder` or already-loaded encoders (to embed many slides
-    without reloading); ``num_workers="auto"`` picks :func:`auto_workers`. Rows follow the coords
+    ``encoders`` are names for :func:`load_encoder` or already-loaded encoders (moved to the device;
+    to embed many slides without reloading). ``num_workers="auto"`` picks :func:`auto_workers` on CUDA and :func:`cpu_share`
+    on the CPU, where the model's threads are also set for the run (and restored). Rows follow the coords
     file's order. An existing output with the same encoder, dim and coords is kept (not recomputed).
     Returns the number of patches written (or kept) per output.
     """
@@ -202,9 +224,10 @@ def extract_features(
     return [len(coords)] * len(encoders)
 
 
-def _resolve_workers(num_workers: int | str, device: torch.device) -> int:
+def _resolve_workers(num_workers: int | str, device: torch.device) -> int | None:
+    """An explicit worker count, or None for 'auto' on the CPU (sized once costs are measured)."""
     if isinstance(num_workers, str) and num_workers.strip().lower() == "auto":
-        return auto_workers(device)
+        return auto_workers(device) if device.type == "cuda" else None
     try:
         workers = int(num_workers)
     except (TypeError, ValueError):
@@ -239,33 +262,79 @@ def _plan_for(slide_path, coords_h5, attrs: dict[str, Any], fallback_mpp: float 
     return plan
 
 
-def _run(dataset: PatchBatches, runners: list[_BatchEncoder], files: list[h5py.File], device: torch.device, num_workers: int) -> None:
+def _run(dataset: PatchBatches, runners: list[_BatchEncoder], files: list[h5py.File], device: torch.device, num_workers: int | None) -> None:
     """Feed every batch to every encoder and write the rows; a batch's features are fetched after the
-    next batch is queued, so on CUDA the device computes while the host waits on readers and h5."""
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
-        worker_init_fn=_init_reader if num_workers > 0 else None,
-    )
+    next batch is queued, so on CUDA the device computes while the host waits on readers and h5.
+
+    On the CPU the first batch is read here, timing the read and a one-thread probe of the models, and
+    :func:`cpu_share` splits the cores before the readers start; that batch is not read again.
+    """
     slot = [dataset.sizes.index(r.encoder.spec.image_size) for r in runners]
-    pending: tuple[int, list[torch.Tensor]] | None = None
-    start = 0
     progress = tqdm(total=len(dataset.coords), desc=f"features {Path(dataset.slide_path).name}", unit="patch", disable=None)
-    with inference_context(device):
-        for batches in loader:
-            batches = [b.to(device, non_blocking=True) for b in batches]
-            outputs = [runner(batches[k]) for runner, k in zip(runners, slot)]
+    threads = torch.get_num_threads()
+    first: list[tuple[torch.Tensor, ...]] = []  # batches read here rather than by the workers
+    try:
+        with inference_context(device):
+            if device.type != "cuda":
+                batch, read_s = _timed_read(dataset, 0)
+                dataset.close()  # not inherited by the workers
+                model_s = _probe_seconds(runners, batch, slot)
+                share = cpu_share(read_s, model_s, available_cores(), threads, num_workers)
+                log.info(
+                    "CPU split: read %.2f ms/patch, model %.2f ms/patch on one thread -> %d model thread(s), %d reader(s)",
+                    1000 * read_s, 1000 * model_s, share.threads, share.workers,
+                )
+                torch.set_num_threads(share.threads)
+                first, num_workers = [batch], share.workers
+            workers = (num_workers or 0) if len(dataset) > len(first) else 0
+            loader = DataLoader(
+                dataset,
+                batch_size=None,
+                sampler=range(len(first), len(dataset)),
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+                prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+            )
+            pending: tuple[int, list[torch.Tensor]] | None = None
+            start = 0
+            for batches in itertools.chain(first, iter(loader)):
+                batches = [b.to(device, non_blocking=True) for b in batches]
+                outputs = [runner(batches[k]) for runner, k in zip(runners, slot)]
+                if pending is not None:
+                    start = _write(files, *pending)
+                pending = (start, outputs)
+                progress.update(len(batches[0]))
             if pending is not None:
-                start = _write(files, *pending)
-            pending = (start, outputs)
-            progress.update(len(batches[0]))
-        if pending is not None:
-            _write(files, *pending)
-    progress.close()
+                _write(files, *pending)
+    finally:
+        torch.set_num_threads(threads)
+        progress.close()
+
+
+def _timed_read(dataset: PatchBatches, index: int) -> tuple[tuple[torch.Tensor, ...], float]:
+    """Batch ``index`` and its read + resize seconds per patch."""
+    start = time.perf_counter()
+    batches = dataset[index]
+    return batches, (time.perf_counter() - start) / max(1, len(batches[0]))
+
+
+def _probe_seconds(runners: list[_BatchEncoder], batches: tuple[torch.Tensor, ...], slot: list[int]) -> float:
+    """Marginal one-thread model seconds per patch, all encoders together: (t(PROBE_PATCHES) - t(1)) /
+    (PROBE_PATCHES - 1) after a one-patch warm-up call, so per-call overhead (which a full batch
+    amortises) and one-time setup do not count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    n = min(PROBE_PATCHES, len(batches[0]))
+    seconds = []
+    try:
+        for size in (1, 1, n):
+            start = time.perf_counter()
+            for runner, k in zip(runners, slot):
+                runner.encoder.encode_image(runner.encoder.preprocess(batches[k][:size]))
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return max(0.0, seconds[2] - seconds[1]) / (n - 1) if n > 1 else seconds[1]
 
 
 def _write(files: list[h5py.File], start: int, outputs: list[torch.Tensor]) -> int:
