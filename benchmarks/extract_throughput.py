@@ -151,11 +151,12 @@ STAGES = {"read": stage_read, "model": stage_model, "extract": stage_extract}
 def vm_hwm_mb(pid: int | str = "self") -> float:
     """Peak resident set of a live process (VmHWM), in MB; 0 once it has gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # the process has exited
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return 0.0
 
 
