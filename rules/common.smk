@@ -2,7 +2,6 @@
 
 import os
 
-from slidesnake.models.kinds import HIERARCHY_MODELS
 from slidesnake.naming import encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
 
@@ -121,26 +120,9 @@ def label_tables(wildcards):
     return {}
 
 
-def train_features(wildcards):
-    mag = TRAIN["magnification"]
-    return expand(
-        "results/{cohort}/features/{encoder}/{mag}x/{slide_id}.h5",
-        cohort=COHORT,
-        encoder=wildcards.encoder,
-        mag=mag,
-        slide_id=slide_ids(),
-    )
-
-
-def train_hierarchy(wildcards):
-    if wildcards.model not in HIERARCHY_MODELS:
-        return []
-    return expand(
-        "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
-        cohort=COHORT,
-        encoder=wildcards.encoder,
-        slide_id=slide_ids(),
-    )
+def bag_index(encoder):
+    """The bag index of an encoder (slidesnake/features/bags.py): what training and heatmaps read."""
+    return f"results/{COHORT}/features/{encoder}/bags.tsv"
 
 
 def all_targets(wildcards):
@@ -148,13 +130,7 @@ def all_targets(wildcards):
         return expand("results/{cohort}/visium/{sample}.h5ad", cohort=COHORT, sample=config["geo"]["samples"])
     targets = [f"results/{COHORT}/qc.parquet", f"results/{COHORT}/eval/summary.csv"]
     targets += expand("results/{cohort}/qc/{slide_id}.png", cohort=COHORT, slide_id=slide_ids())
-    if 5 in MAGS and 20 in MAGS:
-        targets += expand(
-            "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
-            cohort=COHORT,
-            encoder=list(ENCODERS),
-            slide_id=slide_ids(),
-        )
+    targets += [bag_index(encoder) for encoder in ENCODERS]
     evaluated = expand(
         "results/{cohort}/eval/{task}/{model}/{encoder}/curves.png",
         cohort=COHORT,

@@ -45,6 +45,8 @@ rule gdc_download_slide:
         token_env=_DL_GDC.get("token_env"),
     resources:
         runtime=240,
+        # one unit per transfer: `--resources gdc_downloads=N` (set in the profiles) caps parallel downloads
+        gdc_downloads=1,
     conda:
         "../envs/download.yaml"
     script:

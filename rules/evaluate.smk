@@ -82,13 +82,12 @@ rule curves:
 
 
 def heatmap_inputs(wildcards):
-    inputs = train_inputs(wildcards)
+    """The fold's model, its splits and the bag index: the index names each test slide's features,
+    hierarchy and slide file, which are all ancestors of the model already."""
     return {
         "model": f"results/{COHORT}/models/{wildcards.task}/{wildcards.model}/{wildcards.encoder}/fold{wildcards.fold}/model.pt",
-        "folds": inputs["folds"],
-        "features": inputs["features"],
-        "hierarchy": inputs["hierarchy"],
-        "slides": [slide_file(s) for s in slide_ids()],
+        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
+        "bags": bag_index(wildcards.encoder),
     }
 
 
@@ -105,7 +104,7 @@ rule heatmaps:
             labels={"slide": "{slide_id}", "figure": "{kind}"},
         ),
     params:
-        slide_ids=slide_ids,
+        magnification=TRAIN["magnification"],
         top_k=8,
         device=TRAIN["device"],
         mpp_fallback=config["mpp_fallback"],

@@ -32,7 +32,7 @@ rule features:
         num_workers=FEATURES["num_workers"],
         device=FEATURES["device"],
         mpp_fallback=config["mpp_fallback"],
-    threads: max(1, FEATURES["num_workers"])
+    threads: FEATURES["threads"]
     resources:
         gpu=FEATURES["gpu"],
         mem_mb=FEATURES["mem_mb"],
@@ -44,6 +44,47 @@ rule features:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/features.py"
+
+
+localrules:
+    bag_index,
+
+
+def encoder_bags(wildcards):
+    """Every slide's features (each magnification) and hierarchy file of one encoder."""
+    files = {
+        f"features_{mag}x": expand(
+            "results/{cohort}/features/{encoder}/{mag}x/{slide_id}.h5",
+            cohort=COHORT,
+            encoder=wildcards.encoder,
+            mag=mag,
+            slide_id=slide_ids(),
+        )
+        for mag in MAGS
+    }
+    if HIERARCHY:
+        files["hierarchy"] = expand(
+            "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
+            cohort=COHORT,
+            encoder=wildcards.encoder,
+            slide_id=slide_ids(),
+        )
+    return files
+
+
+rule bag_index:
+    input:
+        unpack(encoder_bags),
+    output:
+        "results/{cohort}/features/{encoder}/bags.tsv",
+    params:
+        mags=MAGS,
+    log:
+        "results/logs/{cohort}/bag_index/{encoder}.log",
+    conda:
+        "../envs/tissue.yaml"
+    script:
+        "../workflow/scripts/bag_index.py"
 
 
 rule embed_prompts:

@@ -13,8 +13,7 @@ def split_inputs(wildcards):
 def train_inputs(wildcards):
     return {
         "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
-        "features": train_features(wildcards),
-        "hierarchy": train_hierarchy(wildcards),
+        "bags": bag_index(wildcards.encoder),
         **split_inputs(wildcards),
     }
 
@@ -46,6 +45,7 @@ rule train:
         predictions="results/{cohort}/models/{task}/{model}/{encoder}/fold{fold}/predictions.parquet",
     params:
         task=task_config,
+        magnification=TRAIN["magnification"],
         train=TRAIN_PARAMS,
     threads: 1
     resources:

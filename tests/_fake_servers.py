@@ -1,8 +1,9 @@
 """A fake GDC API / GEO / S3 file server on 127.0.0.1 for the download tests (threaded http.server).
 
 Static files support Range (206 + Content-Range) and scripted faults consumed one per request:
-``"drop"`` (send half the body then close), ``"503"``, ``"html200"`` (a 200 carrying an HTML page),
-``"norange"`` (ignore Range, send the whole file). ``/files`` and ``/cases`` page over given hits.
+``"drop"`` (send half the body then close), ``"500"`` / ``"503"``, ``"slow"`` (wait ``slow_s`` before
+answering), ``"stall"`` (send half the body, then wait ``slow_s`` and close), ``"html200"`` (a 200
+carrying an HTML page), ``"norange"`` (ignore Range, send the whole file). ``/files`` and ``/cases`` page over given hits.
 Every request is recorded (method, path, headers, body bytes sent) so tests can assert on them.
 """
 
@@ -14,6 +15,7 @@ import math
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -44,6 +46,7 @@ class FakeServer:
     faults: dict[str, list[str]] = field(default_factory=dict)
     token: str | None = None
     chunk: int = 1 << 16
+    slow_s: float = 1.5
     seen: list[Seen] = field(default_factory=list)
 
     def start(self) -> FakeServer:
@@ -127,8 +130,12 @@ class FakeServer:
 
     def _serve_bytes(self, h: BaseHTTPRequestHandler, key: str, content: bytes, name: str, seen: Seen) -> None:
         fault = self.faults[key].pop(0) if self.faults.get(key) else None
-        if fault == "503":
-            return self._send(h, 503, b'{"message": "service unavailable"}', "application/json")
+        if fault in ("500", "503"):
+            return self._send(h, int(fault), b'{"message": "server error"}', "application/json")
+        if fault == "slow":
+            time.sleep(self.slow_s)  # the client has timed out and hung up: answering would hit a closed socket
+            h.close_connection = True
+            return None
         if fault == "html200":
             return self._send(h, 200, HTML_504, "text/html")
         start, status = 0, 200
@@ -147,13 +154,15 @@ class FakeServer:
         else:
             h.send_header("Content-MD5", hashlib.md5(content).hexdigest())
         h.end_headers()
-        limit = len(body) // 2 if fault == "drop" else len(body)
+        limit = len(body) // 2 if fault in ("drop", "stall") else len(body)
         for i in range(0, limit, self.chunk):
             piece = body[i : min(i + self.chunk, limit)]
             h.wfile.write(piece)
             seen.sent += len(piece)
         h.wfile.flush()
-        if fault == "drop":
+        if fault == "stall":
+            time.sleep(self.slow_s)
+        if fault in ("drop", "stall"):
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
 

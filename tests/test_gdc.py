@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from _fake_servers import FakeServer
+from conftest import run_snakemake, write_config
 
 from slidesnake.data.cli import add_commands
 from slidesnake.data.cohorts import LabelRule
@@ -221,3 +224,49 @@ def test_snakemake_download_rules_keep_the_token_out_of_metadata(tmp_path):
     scanned = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "config.yaml"]
     assert any(".snakemake/metadata" in str(p) for p in scanned)
     assert [p for p in scanned if SECRET.encode() in p.read_bytes()] == []
+
+
+@pytest.mark.workflow
+def test_pipeline_runs_from_a_fake_gdc_through_features(tmp_path):
+    """Query checkpoint → one capped download job per slide (one drop mid-body, resumed) → tissue →
+    features → bag index, with the workflow's own Snakefile."""
+    from _slide_fixtures import tissue_slide
+
+    from slidesnake.data.transfer import TransferConfig
+    from slidesnake.io.svs import write_svs
+
+    image = tissue_slide()[0]
+    tissue = image[512:2048, 512:2560]  # JPEG-hostile texture: slides of a few MB, so a drop at half leaves whole chunks
+    tissue[:] = np.clip(tissue + np.random.default_rng(0).integers(-90, 90, tissue.shape), 0, 255)
+    hits, data = [], {}
+    for i, project in enumerate(("TCGA-LUAD", "TCGA-LUSC")):
+        content = write_svs(tmp_path / f"src{i}.svs", image).read_bytes()
+        hit = file_hit(i, project)
+        hit["md5sum"], hit["file_size"] = hashlib.md5(content).hexdigest(), len(content)
+        hits.append(hit)
+        data[hit["id"]] = (hit["file_name"], content)
+    srv = FakeServer(file_hits=hits, data=data, faults={"file-1": ["drop"]}).start()
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = write_config(workdir / "config.yaml", cohort="t", source="gdc", segmentation={"preset": "biopsy"}, gdc={
+        "api": srv.url, "projects": ["TCGA-LUAD", "TCGA-LUSC"], "retries": 2, "timeout_s": 10,
+        "label": {"field": "project_id", "map": {"TCGA-LUAD": "LUAD", "TCGA-LUSC": "LUSC"}}})  # fmt: skip
+    try:
+        proc = run_snakemake(workdir, "results/t/features/tiny-clip/bags.tsv", "--cores", "2",
+                             "--resources", "gdc_downloads=1", configfile=config)  # fmt: skip
+        transfers = [(s.path, s.sent) for s in srv.seen if s.path.startswith("/data/")]
+    finally:
+        srv.stop()
+    assert "gdc_downloads=1" in proc.stdout + proc.stderr
+    sizes = {f"/data/{h['id']}": h["file_size"] for h in hits}
+    assert sorted(p for p, _ in transfers) == ["/data/file-0", "/data/file-1", "/data/file-1"]
+    dropped, resumed = [s for s in srv.seen if s.path == "/data/file-1"]
+    assert dropped.sent == sizes["/data/file-1"] // 2 and resumed.headers["Range"] != "bytes=0-"
+    assert dropped.sent + resumed.sent < sizes["/data/file-1"] + TransferConfig().chunk_size  # the rest, at most one chunk more
+    sheet = pd.read_csv(workdir / "results/t/slides.tsv", sep="\t", dtype=str)
+    bags = pd.read_csv(workdir / "results/t/features/tiny-clip/bags.tsv", sep="\t")
+    assert sorted(bags["slide_id"]) == sorted(sheet["slide_id"]) and len(bags) == 2
+    for slide_id, n20 in zip(bags["slide_id"], bags["n_20x"]):
+        assert (workdir / f"resources/slides/t/{slide_id}.svs").read_bytes() == data[f"file-{int(slide_id[8:12])}"][1]
+        with h5py.File(workdir / f"results/t/patches/20x/{slide_id}.h5") as f:
+            assert n20 == len(f["coords"]) > 0

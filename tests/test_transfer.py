@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from dataclasses import replace
 
 import pytest
 from _fake_servers import FakeServer
@@ -81,6 +82,30 @@ def test_503_is_retried_then_succeeds(server, tmp_path):
     server.faults["/f.bin"] = ["503", "503"]
     res = download(remote(server, tmp_path), config=FAST)
     assert res.attempts == 3 and res.path.read_bytes() == CONTENT
+
+
+def test_500_once_is_retried(server, tmp_path):
+    server.faults["/f.bin"] = ["500"]
+    res = download(remote(server, tmp_path), config=FAST)
+    assert res.attempts == 2 and res.path.read_bytes() == CONTENT
+    assert [s.sent for s in server.requests_for("/f.bin")] == [0, len(CONTENT)]
+
+
+def test_slow_response_times_out_and_is_retried(server, tmp_path):
+    server.slow_s = 1.0
+    server.faults["/f.bin"] = ["slow"]
+    res = download(remote(server, tmp_path), config=replace(FAST, timeout_s=0.3))
+    assert res.attempts == 2 and res.path.read_bytes() == CONTENT
+
+
+def test_stalled_body_times_out_and_resumes(server, tmp_path):
+    server.slow_s = 1.0
+    server.faults["/f.bin"] = ["stall"]
+    res = download(remote(server, tmp_path), config=replace(FAST, timeout_s=0.3))
+    assert res.path.read_bytes() == CONTENT and res.attempts == 2
+    first, second = server.requests_for("/f.bin")
+    assert first.sent == len(CONTENT) // 2 and "Range" in second.headers
+    assert first.sent + second.sent < len(CONTENT) + FAST.chunk_size  # only the missing bytes came again
 
 
 def test_persistent_503_gives_up_after_retries(server, tmp_path):

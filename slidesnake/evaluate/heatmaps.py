@@ -336,8 +336,8 @@ def test_split_heatmaps(
     out.mkdir(parents=True, exist_ok=True)
     done = []
     for slide_id in test_ids:
-        if slide_id not in features:
-            log.warning("slide %s is in the test split but has no features file: no heatmap", slide_id)
+        if slide_id not in features or slide_id not in slides:
+            log.warning("slide %s is in the test split but has no features or slide file: no heatmap", slide_id)
             continue
         slide_heatmaps(
             model_pt,

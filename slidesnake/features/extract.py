@@ -174,12 +174,14 @@ def extract_features(
     num_workers: int | str = "auto",
     device: str = "auto",
     fallback_mpp: float | None = None,
+    cores: int | None = None,
 ) -> list[int]:
     """Write one DESIGN §2 features h5 per encoder from a single pass over the slide's patches.
 
     ``encoders`` are names for :func:`load_encoder` or already-loaded encoders (moved to the device;
     to embed many slides without reloading). ``num_workers="auto"`` picks :func:`auto_workers` on CUDA and :func:`cpu_share`
-    on the CPU, where the model's threads are also set for the run (and restored). Rows follow the coords
+    on the CPU, where the model's threads are also set for the run (and restored); both size themselves
+    to ``cores`` (the job's threads), else to the cores this process may run on. Rows follow the coords
     file's order. An existing output with the same encoder, dim and coords is kept (not recomputed).
     Returns the number of patches written (or kept) per output.
     """
@@ -189,7 +191,8 @@ def extract_features(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     coords, attrs = read_coords(coords_h5)
     torch_device = select_device(device)
-    workers = _resolve_workers(num_workers, torch_device)
+    cores = cores or available_cores()
+    workers = _resolve_workers(num_workers, torch_device, cores)
     todo = [i for i, (enc, out) in enumerate(zip(encoders, out_paths)) if not _is_complete(out, _known_spec(enc), coords)]
     loaded = {i: _on_device(encoders[i], torch_device) for i in todo}
     todo = [i for i in todo if not _is_complete(out_paths[i], loaded[i].spec, coords)]
@@ -218,16 +221,16 @@ def extract_features(
             sizes = sorted({r.encoder.spec.image_size for r in runners})
             dataset = PatchBatches(slide_path, coords, plan, sizes, batch_size)
             stack.callback(dataset.close)
-            _run(dataset, runners, files, torch_device, workers)
+            _run(dataset, runners, files, torch_device, workers, cores)
     for i in todo:
         log.info("%s: %d patches with %s", out_paths[i], len(coords), loaded[i].spec.name)
     return [len(coords)] * len(encoders)
 
 
-def _resolve_workers(num_workers: int | str, device: torch.device) -> int | None:
+def _resolve_workers(num_workers: int | str, device: torch.device, cores: int) -> int | None:
     """An explicit worker count, or None for 'auto' on the CPU (sized once costs are measured)."""
     if isinstance(num_workers, str) and num_workers.strip().lower() == "auto":
-        return auto_workers(device) if device.type == "cuda" else None
+        return auto_workers(device, cores) if device.type == "cuda" else None
     try:
         workers = int(num_workers)
     except (TypeError, ValueError):
@@ -262,7 +265,14 @@ def _plan_for(slide_path, coords_h5, attrs: dict[str, Any], fallback_mpp: float 
     return plan
 
 
-def _run(dataset: PatchBatches, runners: list[_BatchEncoder], files: list[h5py.File], device: torch.device, num_workers: int | None) -> None:
+def _run(
+    dataset: PatchBatches,
+    runners: list[_BatchEncoder],
+    files: list[h5py.File],
+    device: torch.device,
+    num_workers: int | None,
+    cores: int,
+) -> None:
     """Feed every batch to every encoder and write the rows; a batch's features are fetched after the
     next batch is queued, so on CUDA the device computes while the host waits on readers and h5.
 
@@ -279,7 +289,7 @@ def _run(dataset: PatchBatches, runners: list[_BatchEncoder], files: list[h5py.F
                 batch, read_s = _timed_read(dataset, 0)
                 dataset.close()  # not inherited by the workers
                 model_s = _probe_seconds(runners, batch, slot)
-                share = cpu_share(read_s, model_s, available_cores(), threads, num_workers)
+                share = cpu_share(read_s, model_s, cores, threads, num_workers)
                 log.info(
                     "CPU split: read %.2f ms/patch, model %.2f ms/patch on one thread -> %d model thread(s), %d reader(s)",
                     1000 * read_s, 1000 * model_s, share.threads, share.workers,

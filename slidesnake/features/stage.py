@@ -30,6 +30,7 @@ def run_feature_stage(
     num_workers: int | str = "auto",
     device: str = "auto",
     fallback_mpp: float | None = None,
+    cores: int | None = None,
 ) -> None:
     """Write ``features_h5[(encoder, mag)]`` for every pair, then ``hierarchy_h5[encoder]`` from its 5x and 20x files."""
     torch_device = select_device(device)
@@ -44,6 +45,7 @@ def run_feature_stage(
             num_workers=num_workers,
             device=device,
             fallback_mpp=fallback_mpp,
+            cores=cores,
         )
     for name, out in hierarchy_h5.items():
         link_files(features_h5[(name, 5)], features_h5[(name, 20)], out)

@@ -17,4 +17,5 @@ run_feature_stage(
     num_workers=snakemake.params.num_workers,
     device=snakemake.params.device,
     fallback_mpp=snakemake.params.mpp_fallback,
+    cores=snakemake.threads,
 )

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from slidesnake.features.bags import read_bag_index
 from slidesnake.joblog import setup_job_logging
 from slidesnake.train.loop import TrainParams, train_fold
 from slidesnake.train.tasks import load_task_labels
@@ -16,14 +17,15 @@ task, labels = load_task_labels(
     clinical=snakemake.input.get("clinical"),
     mutations=snakemake.input.get("mutations"),
 )
+bags = read_bag_index(snakemake.input.bags)
 train_fold(
     task,
     snakemake.wildcards.model,
-    {Path(p).stem: p for p in snakemake.input.features},
+    bags.features(snakemake.params.magnification),
     labels,
     pd.read_csv(snakemake.input.folds, dtype={"slide_id": str, "case_id": str}),
     int(snakemake.wildcards.fold),
     TrainParams(**snakemake.params.train, num_threads=snakemake.threads),
     str(Path(snakemake.output.model).parent),
-    hierarchy={Path(p).stem: p for p in snakemake.input.hierarchy} or None,
+    hierarchy=bags.hierarchy() or None,
 )
