@@ -114,3 +114,19 @@ def test_bootstrap_keeps_both_classes_so_a_perfect_classifier_has_a_degenerate_c
     table = evaluate_predictions(task, files, n_bootstrap=300).set_index("fold")
     for metric in ("accuracy", "balanced_accuracy", "macro_f1", "auc"):
         assert table.loc["0", f"{metric}_ci_low"] == pytest.approx(1.0), metric
+
+
+def test_pooled_survival_c_index_compares_patients_within_folds(tmp_path):
+    task = Task(name="os", kind="survival", time="os_days", event="os_event")
+    files = []
+    for fold, offset in ((0, 0.0), (1, 10.0)):  # fold 1's model outputs risks 10 higher
+        frame = pd.DataFrame({"slide_id": [f"s{fold}{i}" for i in range(3)], "fold": fold, "split": "test",
+                              "time": [1.0 + fold, 3.0 + fold, 5.0 + fold], "event": 1,
+                              "risk": offset + np.array([3.0, 2.0, 1.0])})  # fmt: skip
+        frame.to_parquet(tmp_path / f"f{fold}.parquet")
+        files.append(str(tmp_path / f"f{fold}.parquet"))
+    table = evaluate_predictions(task, files, n_bootstrap=100).set_index("fold")
+    assert table.loc["0", "c_index"] == table.loc["1", "c_index"] == 1.0
+    assert table.loc["pooled", "c_index"] == 1.0  # naive pooling would give 9/15
+    assert table.loc["pooled", "c_index_ci_low"] == 1.0
+    assert table.loc["pooled", "n"] == 6

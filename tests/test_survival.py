@@ -19,6 +19,19 @@ def test_c_index_hand_computed():
     assert np.isnan(c_index(t[:2], np.zeros(2, int), np.array([1, 2])))  # no event: no comparable pair
 
 
+def test_c_index_within_folds_ignores_the_folds_offsets():
+    # each fold ranks its two patients right, but fold 1's model outputs risks 10 higher: pooled
+    # naively, its long survivor (t=4, risk 11) outranks fold 0's early death (t=1, risk 1)
+    t = np.array([1.0, 3.0, 2.0, 4.0])
+    e = np.ones(4, int)
+    risk = np.array([1.0, 0.0, 12.0, 11.0])
+    fold = np.array([0, 0, 1, 1])
+    assert c_index(t, e, risk, fold) == 1.0
+    assert np.isclose(c_index(t, e, risk), 3 / 6)  # cross-fold pairs at t=(1,2), (1,4), (3,4) discordant
+    # a fold without a comparable pair adds nothing: fold 1 all censored
+    assert c_index(t, np.array([1, 1, 0, 0]), risk, fold) == 1.0
+
+
 def test_risk_groups_split_at_the_median():
     assert list(risk_groups(np.array([1, 2, 3, 4]))) == [0, 0, 1, 1]
     assert list(risk_groups(np.array([3, 1, 2]))) == [1, 0, 0]  # the median itself is "low"

@@ -24,7 +24,7 @@ def compare_metrics(entries: Iterable[tuple[str, str, str, str | os.PathLike]]) 
         row: dict[str, object] = {"task": task, "model": model, "encoder": encoder, "folds": len(folds)}
         for metric in metrics:
             mean, std = table.at["mean", metric], table.at["std", metric]
-            row[metric] = f"{mean:.3f} ± {std:.3f}"
+            row[metric] = _mean_text(mean, std, int(folds[metric].notna().sum()), len(folds))
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
             if "pooled" in table.index:
                 row[f"{metric}_pooled"] = table.at["pooled", metric]
@@ -33,3 +33,11 @@ def compare_metrics(entries: Iterable[tuple[str, str, str, str | os.PathLike]]) 
                 )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _mean_text(mean: float, std: float, defined: int, folds: int) -> str:
+    """The readable "mean ± std"; it says over how many folds when the metric is undefined in some (one-class test splits)."""
+    if defined == 0:
+        return "n/a"
+    text = f"{mean:.3f} ± {std:.3f}" if defined > 1 else f"{mean:.3f}"
+    return text if defined == folds else f"{text} ({defined}/{folds} folds)"

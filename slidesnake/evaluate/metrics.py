@@ -81,9 +81,11 @@ def multilabel_metrics(y_true: np.ndarray, prob: np.ndarray, genes: list[str] | 
 
 
 def survival_metrics(y_true: np.ndarray, risk: np.ndarray) -> dict[str, float]:
-    """C-index of predicted ``risk`` against ``y_true`` = (n, 2) columns (time, event)."""
+    """C-index of predicted ``risk`` against ``y_true`` = (n, 2) columns (time, event), or (n, 3) with
+    each prediction's fold as the third: then only pairs within a fold are compared."""
     y_true = np.asarray(y_true, dtype=float)
-    return {"c_index": c_index(y_true[:, 0], y_true[:, 1], np.asarray(risk, dtype=float).reshape(-1))}
+    groups = y_true[:, 2] if y_true.shape[1] > 2 else None
+    return {"c_index": c_index(y_true[:, 0], y_true[:, 1], np.asarray(risk, dtype=float).reshape(-1), groups)}
 
 
 def bootstrap_ci(
@@ -143,12 +145,12 @@ def _class_strata(y_true: np.ndarray) -> list[np.ndarray]:
 
 
 def target_array(task: Task, frame: pd.DataFrame) -> np.ndarray:
-    """Ground truth of a label or predictions table: class index, gene matrix, or (time, event)."""
+    """Ground truth of a label or predictions table: class index, gene matrix, or (time, event[, fold])."""
     if task.kind == "classification":
         return frame["target"].to_numpy(int)
     if task.kind == "multilabel":
         return frame[task.target_columns].to_numpy(int)
-    return frame[["time", "event"]].to_numpy(float)
+    return frame[["time", "event", "fold"] if "fold" in frame else ["time", "event"]].to_numpy(float)
 
 
 def score_array(task: Task, predictions: pd.DataFrame) -> np.ndarray:

@@ -10,15 +10,25 @@ from __future__ import annotations
 import numpy as np
 from lifelines import KaplanMeierFitter
 from lifelines.statistics import logrank_test
-from lifelines.utils import concordance_index
+from lifelines.utils.concordance import _concordance_summary_statistics
 
 
-def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C-index of ``risk`` (higher = earlier death); NaN when no pair is comparable."""
-    try:
-        return float(concordance_index(np.asarray(time, float), -np.asarray(risk, float), np.asarray(event, int)))
-    except ZeroDivisionError:
-        return float("nan")
+def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """Harrell's C-index of ``risk`` (higher = earlier death); NaN when no pair is comparable.
+
+    With ``groups`` (each prediction's fold) only pairs within one group count: risks of models
+    trained on different folds are not on one scale, so a pair across folds would compare the
+    models' offsets, not the patients (pooling them gave C < 0.5 for every model on the demo).
+    """
+    time, event, risk = (np.asarray(a, dtype=float).reshape(-1) for a in (time, event, risk))
+    groups = np.zeros(len(time)) if groups is None else np.asarray(groups).reshape(-1)
+    correct = tied = pairs = 0
+    for group in np.unique(groups):
+        member = groups == group
+        # lifelines' pair counts (its public concordance_index returns only their ratio)
+        counts = _concordance_summary_statistics(time[member], -risk[member], event[member])
+        correct, tied, pairs = correct + counts[0], tied + counts[1], pairs + counts[2]
+    return float((correct + tied / 2) / pairs) if pairs else float("nan")
 
 
 def risk_groups(risk: np.ndarray) -> np.ndarray:
