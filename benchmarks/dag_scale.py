@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from slidesnake.io.svs import write_svs  # noqa: E402
 
 
-def build_cohort(workdir: Path, n_slides: int) -> Path:
+def build_cohort(workdir: Path, n_slides: int, models: list[str] | None = None) -> Path:
     """Sheet + symlinked slides + config for an n-slide cohort of 2 slides per patient, 2 classes."""
     slides = workdir / "slides"
     slides.mkdir(parents=True, exist_ok=True)
@@ -49,6 +49,8 @@ def build_cohort(workdir: Path, n_slides: int) -> Path:
     sheet.to_csv(workdir / "slides.tsv", sep="\t", index=False)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(cohort="scale", source="sheet", sheet=str(workdir / "slides.tsv"))
+    if models:
+        config["training"]["models"] = models
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir / "config.yaml"
 
@@ -57,8 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=10_000)
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "results" / "dag_scale")
+    parser.add_argument("--models", nargs="*", help="MIL models to plan (default: the config's); e.g. all 13 for a comparison")
     args = parser.parse_args()
-    config = build_cohort(args.workdir, args.slides)
+    config = build_cohort(args.workdir, args.slides, args.models)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(args.workdir),
            "--configfile", str(config), "-n", "--quiet", "rules"]
     start = time.perf_counter()
@@ -68,7 +71,7 @@ def main() -> None:
         sys.exit(f"dry run failed:\n{proc.stderr[-3000:]}")
     total = re.search(r"^total\s+(\d+)", proc.stdout + proc.stderr, re.M)
     jobs = int(total.group(1)) if total else -1
-    print(f"slides: {args.slides}")
+    print(f"slides: {args.slides}, models: {args.models or 'config default'}")
     print(f"jobs planned: {jobs}")
     print(f"snakemake -n seconds: {seconds:.1f} (target < 60)")
     print(f"seconds per 1000 jobs: {1000 * seconds / max(jobs, 1):.2f}")

@@ -41,7 +41,7 @@ def islands(width: int, height: int, seed: int = 0) -> list[dict]:
         shapes.append({
             "c": (cx * width, cy * height), "r": (rng.uniform(0.08, 0.12) * width, rng.uniform(0.1, 0.16) * height),
             "k": rng.integers(3, 9, 4), "a": rng.uniform(0.03, 0.08, 4), "p": rng.uniform(0, 2 * np.pi, 4),
-            "holes": [((cx + dx * 0.04) * width, (cy + dy * 0.05) * height, rng.uniform(0.006, 0.015) * width)
+            "holes": [((cx + dx * 0.04) * width, (cy + dy * 0.05) * height, rng.uniform(0.015, 0.03) * width)
                       for dx, dy in ((-1, 0), (1, 0.5), (0, -1))],
         })  # fmt: skip
     for _ in range(12):

@@ -120,8 +120,11 @@ def test_loaded_encoder_is_accepted_and_cpu_threads_are_restored(slide, tmp_path
 def test_cpu_share_splits_cores_by_measured_cost():
     # tiny model (0.4 ms/patch) behind 2 ms reads: one model thread, the readers get the rest
     assert cpu_share(read_s=2e-3, model_s=4e-4, cores=2, max_threads=2) == CpuShare(threads=1, workers=2)
-    # ViT-B (100 ms/patch) behind the same reads: the model gets every core, one reader is enough
-    assert cpu_share(read_s=2e-3, model_s=0.1, cores=8, max_threads=8) == CpuShare(threads=8, workers=1)
+    # ViT-B (100 ms/patch) behind the same reads never oversubscribes: on 2 cores reading in line costs
+    # 2 ms per 50 ms of model; on 8 cores a dedicated reader core (100/7 ms per patch) beats 100/8 + 2
+    assert cpu_share(read_s=2e-3, model_s=0.1, cores=2, max_threads=2) == CpuShare(threads=2, workers=0)
+    assert cpu_share(read_s=2e-3, model_s=0.1, cores=8, max_threads=8) == CpuShare(threads=7, workers=1)
+    assert cpu_share(read_s=2e-3, model_s=0.1, cores=1, max_threads=1) == CpuShare(threads=1, workers=0)
     assert cpu_share(read_s=1e-3, model_s=1e-3, cores=8, max_threads=8) == CpuShare(threads=4, workers=4)
     # a user's worker count is kept; the torch thread cap is respected
     assert cpu_share(read_s=2e-3, model_s=0.1, cores=8, max_threads=3, workers=0) == CpuShare(threads=3, workers=0)
