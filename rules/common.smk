@@ -28,6 +28,8 @@ if TRAIN_ENCODER not in ENCODERS:
         f"{list(ENCODERS.values())}: training reads the features of one of those encoders"
     )
 TASKS = config["tasks"]
+FEATURES = config["features"]
+HIERARCHY = 5 in MAGS and 20 in MAGS
 
 
 wildcard_constraints:
@@ -123,6 +125,61 @@ def label_tables(wildcards):
 def bag_index(encoder):
     """The bag index of an encoder (slidesnake/features/bags.py): what training and heatmaps read."""
     return f"results/{COHORT}/features/{encoder}/bags.tsv"
+
+
+def encoder_bags(wildcards):
+    """Every slide's features (each magnification) and hierarchy file of one encoder."""
+    files = {
+        f"features_{mag}x": expand(
+            "results/{cohort}/features/{encoder}/{mag}x/{slide_id}.h5",
+            cohort=COHORT,
+            encoder=wildcards.encoder,
+            mag=mag,
+            slide_id=slide_ids(),
+        )
+        for mag in MAGS
+    }
+    if HIERARCHY:
+        files["hierarchy"] = expand(
+            "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
+            cohort=COHORT,
+            encoder=wildcards.encoder,
+            slide_id=slide_ids(),
+        )
+    return files
+
+
+def split_inputs(wildcards):
+    return {"sheet": sheet_file(), **label_tables(wildcards)}
+
+
+def train_inputs(wildcards):
+    return {
+        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
+        "bags": bag_index(wildcards.encoder),
+        **split_inputs(wildcards),
+    }
+
+
+def fold_predictions(wildcards):
+    return expand(
+        "results/{cohort}/models/{task}/{model}/{encoder}/fold{fold}/predictions.parquet",
+        cohort=COHORT,
+        task=wildcards.task,
+        model=wildcards.model,
+        encoder=wildcards.encoder,
+        fold=range(TRAIN["folds"]),
+    )
+
+
+def heatmap_inputs(wildcards):
+    """The fold's model, its splits and the bag index: the index names each test slide's features,
+    hierarchy and slide file, which are all ancestors of the model already."""
+    return {
+        "model": f"results/{COHORT}/models/{wildcards.task}/{wildcards.model}/{wildcards.encoder}/fold{wildcards.fold}/model.pt",
+        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
+        "bags": bag_index(wildcards.encoder),
+    }
 
 
 def all_targets(wildcards):

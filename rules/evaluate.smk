@@ -3,17 +3,6 @@
 EVALUATION = config["evaluation"]
 
 
-def fold_predictions(wildcards):
-    return expand(
-        "results/{cohort}/models/{task}/{model}/{encoder}/fold{fold}/predictions.parquet",
-        cohort=COHORT,
-        task=wildcards.task,
-        model=wildcards.model,
-        encoder=wildcards.encoder,
-        fold=range(TRAIN["folds"]),
-    )
-
-
 rule evaluate:
     input:
         fold_predictions,
@@ -79,16 +68,6 @@ rule curves:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/curves.py"
-
-
-def heatmap_inputs(wildcards):
-    """The fold's model, its splits and the bag index: the index names each test slide's features,
-    hierarchy and slide file, which are all ancestors of the model already."""
-    return {
-        "model": f"results/{COHORT}/models/{wildcards.task}/{wildcards.model}/{wildcards.encoder}/fold{wildcards.fold}/model.pt",
-        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
-        "bags": bag_index(wildcards.encoder),
-    }
 
 
 rule heatmaps:

@@ -5,11 +5,6 @@ One job per slide loads each encoder once, reads the slide's patches once per ma
 all encoders (DESIGN §3), and links the hierarchy (slidesnake/features/stage.py).
 """
 
-FEATURES = config["features"]
-
-
-HIERARCHY = 5 in MAGS and 20 in MAGS
-
 
 rule features:
     input:
@@ -48,28 +43,6 @@ rule features:
 
 localrules:
     bag_index,
-
-
-def encoder_bags(wildcards):
-    """Every slide's features (each magnification) and hierarchy file of one encoder."""
-    files = {
-        f"features_{mag}x": expand(
-            "results/{cohort}/features/{encoder}/{mag}x/{slide_id}.h5",
-            cohort=COHORT,
-            encoder=wildcards.encoder,
-            mag=mag,
-            slide_id=slide_ids(),
-        )
-        for mag in MAGS
-    }
-    if HIERARCHY:
-        files["hierarchy"] = expand(
-            "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
-            cohort=COHORT,
-            encoder=wildcards.encoder,
-            slide_id=slide_ids(),
-        )
-    return files
 
 
 rule bag_index:

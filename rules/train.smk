@@ -6,18 +6,6 @@ TRAIN_PARAMS = {
 }
 
 
-def split_inputs(wildcards):
-    return {"sheet": sheet_file(), **label_tables(wildcards)}
-
-
-def train_inputs(wildcards):
-    return {
-        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
-        "bags": bag_index(wildcards.encoder),
-        **split_inputs(wildcards),
-    }
-
-
 rule splits:
     input:
         unpack(split_inputs),
