@@ -90,11 +90,16 @@ def slide_path(wildcards):
     return slide_file(wildcards.slide_id)
 
 
+def slide_files(pattern, **fixed):
+    """A per-slide path pattern expanded over the cohort's slides (after the checkpoint, for GDC)."""
+    return expand(pattern, cohort=COHORT, slide_id=slide_ids(), **fixed)
+
+
 def per_slide(pattern, **fixed):
-    """Expand a per-slide path pattern over the cohort's slides (after the checkpoint, for GDC)."""
+    """:func:`slide_files` as an input function."""
 
     def _inputs(wildcards):
-        return expand(pattern, cohort=COHORT, slide_id=slide_ids(), **fixed)
+        return slide_files(pattern, **fixed)
 
     return _inputs
 
@@ -130,21 +135,14 @@ def bag_index(encoder):
 def encoder_bags(wildcards):
     """Every slide's features (each magnification) and hierarchy file of one encoder."""
     files = {
-        f"features_{mag}x": expand(
-            "results/{cohort}/features/{encoder}/{mag}x/{slide_id}.h5",
-            cohort=COHORT,
-            encoder=wildcards.encoder,
-            mag=mag,
-            slide_id=slide_ids(),
+        f"features_{mag}x": slide_files(
+            "results/{cohort}/features/{encoder}/{mag}x/{slide_id}.h5", encoder=wildcards.encoder, mag=mag
         )
         for mag in MAGS
     }
     if HIERARCHY:
-        files["hierarchy"] = expand(
-            "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5",
-            cohort=COHORT,
-            encoder=wildcards.encoder,
-            slide_id=slide_ids(),
+        files["hierarchy"] = slide_files(
+            "results/{cohort}/features/{encoder}/hier_5x_20x/{slide_id}.h5", encoder=wildcards.encoder
         )
     return files
 
@@ -186,7 +184,7 @@ def all_targets(wildcards):
     if SOURCE == "visium":  # expression cohorts: AnnData per sample (image-expression models come later)
         return expand("results/{cohort}/visium/{sample}.h5ad", cohort=COHORT, sample=config["geo"]["samples"])
     targets = [f"results/{COHORT}/qc.parquet", f"results/{COHORT}/eval/summary.csv"]
-    targets += expand("results/{cohort}/qc/{slide_id}.png", cohort=COHORT, slide_id=slide_ids())
+    targets += slide_files("results/{cohort}/qc/{slide_id}.png")
     targets += [bag_index(encoder) for encoder in ENCODERS]
     evaluated = expand(
         "results/{cohort}/eval/{task}/{model}/{encoder}/curves.png",

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _fake_servers import FakeServer
+from _slide_fixtures import tissue_slide
 from conftest import run_snakemake, write_config
 
 from slidesnake.data.cli import add_commands
@@ -30,6 +31,8 @@ from slidesnake.data.gdc import (
     slide_sheet,
     write_manifest,
 )
+from slidesnake.data.transfer import TransferConfig
+from slidesnake.io.svs import write_svs
 
 SECRET = "tok-9f8e7d6c5b4a-very-secret"
 
@@ -230,11 +233,6 @@ def test_snakemake_download_rules_keep_the_token_out_of_metadata(tmp_path):
 def test_pipeline_runs_from_a_fake_gdc_through_features(tmp_path):
     """Query checkpoint → one capped download job per slide (one drop mid-body, resumed) → tissue →
     features → bag index, with the workflow's own Snakefile."""
-    from _slide_fixtures import tissue_slide
-
-    from slidesnake.data.transfer import TransferConfig
-    from slidesnake.io.svs import write_svs
-
     image = tissue_slide()[0]
     tissue = image[512:2048, 512:2560]  # JPEG-hostile texture: slides of a few MB, so a drop at half leaves whole chunks
     tissue[:] = np.clip(tissue + np.random.default_rng(0).integers(-90, 90, tissue.shape), 0, 255)

@@ -83,10 +83,10 @@ def cpu_share(read_s: float, model_s: float, cores: int, max_threads: int, worke
     total = read_s + model_s
     model_fraction = model_s / total if total > 0 else 1.0
     cap = max(1, max_threads)
-    if workers is not None:
-        return CpuShare(min(cap, max(1, round(cores * model_fraction))), workers)
-    if cores * (1.0 - model_fraction) >= 0.5:
-        return CpuShare(min(cap, max(1, round(cores * model_fraction))), max(1, round(cores * (1.0 - model_fraction))))
+    threads = min(cap, max(1, round(cores * model_fraction)))
+    reader_cores = cores * (1.0 - model_fraction)
+    if workers is not None or reader_cores >= 0.5:
+        return CpuShare(threads, max(1, round(reader_cores)) if workers is None else workers)
     in_line = model_s / min(cap, cores) + read_s
     dedicated = max(model_s / min(cap, cores - 1), read_s) if cores > 1 else float("inf")
     return CpuShare(min(cap, cores), 0) if in_line <= dedicated else CpuShare(min(cap, cores - 1), 1)
