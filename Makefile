@@ -7,7 +7,7 @@ CORES ?= $(shell nproc)
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test dryrun clean
+.PHONY: setup demo test lint dryrun clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakemake --lint --cores 1 > .lint.log 2>&1 || { cat .lint.log; exit 1; }
+	@grep -q "Congratulations" .lint.log || { cat .lint.log; echo "snakemake --lint has findings"; exit 1; }
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n --quiet rules

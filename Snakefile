@@ -13,9 +13,9 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 validate(config, "config/schema.yaml")
 
-# Every job (local, conda or cluster) imports the slidesnake library from this checkout.
+# Top-level code imports the slidesnake library from this checkout. Jobs (local, conda or cluster) find it
+# through workflow/scripts/slidesnake, a link to ../../slidesnake: Snakemake puts a script's folder on sys.path.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
 
 
 report: "resources/report/workflow.rst"

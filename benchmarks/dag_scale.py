@@ -59,11 +59,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=10_000)
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "results" / "dag_scale")
-    parser.add_argument("--models", nargs="*", help="MIL models to plan (default: the config's); e.g. all 13 for a comparison")
+    parser.add_argument(
+        "--models", nargs="*", help="MIL models to plan (default: the config's); e.g. all 13 for a comparison"
+    )
     args = parser.parse_args()
     config = build_cohort(args.workdir, args.slides, args.models)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(args.workdir),
-           "--configfile", str(config), "-n", "--quiet", "rules"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(args.workdir),
+        "--configfile",
+        str(config),
+        "-n",
+        "--quiet",
+        "rules",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -72,7 +72,12 @@ def main() -> None:
 
     try:
         times = {}
-        for name, func in (("curl", curl), ("requests", plain_requests), ("requests+md5", requests_md5), ("slidesnake", ours)):
+        for name, func in (
+            ("curl", curl),
+            ("requests", plain_requests),
+            ("requests+md5", requests_md5),
+            ("slidesnake", ours),
+        ):
             if name == "curl" and shutil.which("curl") is None:
                 continue
             times[name] = min(timed(func) for _ in range(args.repeats))
@@ -88,10 +93,14 @@ def main() -> None:
     for name, seconds in times.items():
         print(f"  {name:<13} {seconds:7.3f} s  {mb / seconds:8.1f} MB/s")
     ref = times.get("curl", times["requests"])
-    print(f"ratio slidesnake/curl          {ref / times['slidesnake']:.3f}  (ours also hashes every byte for the md5 check)")
+    print(
+        f"ratio slidesnake/curl          {ref / times['slidesnake']:.3f}  (ours also hashes every byte for the md5 check)"
+    )
     print(f"ratio slidesnake/requests      {times['requests'] / times['slidesnake']:.3f}")
     print(f"ratio slidesnake/requests+md5  {times['requests+md5'] / times['slidesnake']:.3f}  (same work; target >= 1)")
-    print(f"drop at 50%: first response sent {first.sent / size:.3f} of the file, resume asked {second.headers.get('Range')}")
+    print(
+        f"drop at 50%: first response sent {first.sent / size:.3f} of the file, resume asked {second.headers.get('Range')}"
+    )
     print(f"  bytes re-fetched after the drop: {second.sent / size:.3f} of the file (ideal 0.5, never 1.0)")
     print(f"  total fetched {result.bytes_fetched / size:.3f} of the file in {result.attempts} attempts, md5 ok")
     shutil.rmtree(out, ignore_errors=True)

@@ -74,7 +74,9 @@ def vit_b32_encoder_dir(folder: Path) -> Path:
     out = folder / "vit-b-32"
     out.mkdir(exist_ok=True)
     cfg = open_clip.get_model_config("ViT-B-32")
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD}}))
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": OPENAI_MEAN, "std": OPENAI_STD}})
+    )
     torch.manual_seed(0)
     torch.save(open_clip.CLIP(**cfg).state_dict(), out / "open_clip_pytorch_model.bin")
     return out
@@ -107,7 +109,9 @@ def _warm_up(encoder, batch_size: int, device: torch.device) -> None:
     """One batch through the model first (kernel selection, allocator): both a and b get it."""
     size = encoder.spec.image_size
     with inference_context(device):
-        encoder.encode_image(encoder.preprocess(torch.zeros((batch_size, size, size, 3), dtype=torch.uint8))).float().cpu()
+        encoder.encode_image(
+            encoder.preprocess(torch.zeros((batch_size, size, size, 3), dtype=torch.uint8))
+        ).float().cpu()
 
 
 def stage_model(slide: str, coords_h5: str, encoder_name: str, batch_size: int, device: str, threads: int) -> dict:
@@ -130,7 +134,9 @@ def stage_model(slide: str, coords_h5: str, encoder_name: str, batch_size: int, 
     return {**timed(len(patches), run), "threads": torch.get_num_threads()}
 
 
-def stage_extract(slide: str, coords_h5: str, encoder_name: str, batch_size: int, device: str, num_workers: str, out: str) -> dict:
+def stage_extract(
+    slide: str, coords_h5: str, encoder_name: str, batch_size: int, device: str, num_workers: str, out: str
+) -> dict:
     torch_device = select_device(device)
     start = time.perf_counter()
     encoder = load_encoder(encoder_name, torch_device)
@@ -138,7 +144,12 @@ def stage_extract(slide: str, coords_h5: str, encoder_name: str, batch_size: int
     _warm_up(encoder, batch_size, torch_device)
     coords, _ = read_coords(coords_h5)
     workers = num_workers if num_workers == "auto" else int(num_workers)
-    result = timed(len(coords), lambda: extract_features(slide, coords_h5, [encoder], [out], batch_size=batch_size, num_workers=workers, device=device))
+    result = timed(
+        len(coords),
+        lambda: extract_features(
+            slide, coords_h5, [encoder], [out], batch_size=batch_size, num_workers=workers, device=device
+        ),
+    )
     result["load_s"] = load_s
     if torch_device.type == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -205,7 +216,9 @@ def fmt(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", type=int, default=45, help="slide is grid x grid patches (45 -> 2,025); the large one is 2*grid")
+    parser.add_argument(
+        "--grid", type=int, default=45, help="slide is grid x grid patches (45 -> 2,025); the large one is 2*grid"
+    )
     parser.add_argument("--vit-patches", type=int, default=256, help="patches for ViT-B-32 (0 = all)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", default="auto")
@@ -220,8 +233,10 @@ def main() -> None:
 
     device = select_device(args.device)
     cores = len(os.sched_getaffinity(0))
-    print(f"device {device}, default torch threads {torch.get_num_threads()}, cores {cores}, workers {args.num_workers}, "
-          f"batch {args.batch_size}, repeats {args.repeats}, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"device {device}, default torch threads {torch.get_num_threads()}, cores {cores}, workers {args.num_workers}, "
+        f"batch {args.batch_size}, repeats {args.repeats}, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
     common = {"batch_size": args.batch_size, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -236,34 +251,68 @@ def main() -> None:
         print(f"slides of {n_all} and {4 * n_all} patches of {PATCH} px written in {time.perf_counter() - start:.1f} s")
 
         reads, tiny_b = [], None
-        for label, name, h5, n in (("tiny-clip", "tiny-clip", coords_h5, n_all), ("ViT-B-32 (random)", str(vit_dir), vit_h5, n_vit)):
+        for label, name, h5, n in (
+            ("tiny-clip", "tiny-clip", coords_h5, n_all),
+            ("ViT-B-32 (random)", str(vit_dir), vit_h5, n_vit),
+        ):
             a_runs, b_runs = [], []
             for rep in range(args.repeats):
                 if name == "tiny-clip":
                     reads.append(run_stage("read", slide=str(slide), coords_h5=str(coords_h5)))
                 for threads in sorted({1, torch.get_num_threads()}):
-                    a_runs.append(run_stage("model", slide=str(slide), coords_h5=str(h5), encoder_name=name, threads=threads, **common))
-                b_runs.append(run_stage("extract", slide=str(slide), coords_h5=str(h5), encoder_name=name, num_workers=args.num_workers,
-                                        out=str(folder / f"{label[:4]}{rep}.h5"), **common))
+                    a_runs.append(
+                        run_stage(
+                            "model", slide=str(slide), coords_h5=str(h5), encoder_name=name, threads=threads, **common
+                        )
+                    )
+                b_runs.append(
+                    run_stage(
+                        "extract",
+                        slide=str(slide),
+                        coords_h5=str(h5),
+                        encoder_name=name,
+                        num_workers=args.num_workers,
+                        out=str(folder / f"{label[:4]}{rep}.h5"),
+                        **common,
+                    )
+                )
             a, b = best(a_runs), best(b_runs)
-            print(f"{label} n={n}: (a) model-only {fmt(a)} at {a['threads']} thread(s)   runs: "
-                  + ", ".join(f"{r['patches_per_s']:.1f}@{r['threads']}t" for r in a_runs))
-            print(f"{label} n={n}: (b) end-to-end {fmt(b)}   runs: " + ", ".join(f"{r['patches_per_s']:.1f}" for r in b_runs)
-                  + f"   (model load {b['load_s']:.1f} s, outside b)")
+            print(
+                f"{label} n={n}: (a) model-only {fmt(a)} at {a['threads']} thread(s)   runs: "
+                + ", ".join(f"{r['patches_per_s']:.1f}@{r['threads']}t" for r in a_runs)
+            )
+            print(
+                f"{label} n={n}: (b) end-to-end {fmt(b)}   runs: "
+                + ", ".join(f"{r['patches_per_s']:.1f}" for r in b_runs)
+                + f"   (model load {b['load_s']:.1f} s, outside b)"
+            )
             print(f"{label} n={n}: b/a = {b['patches_per_s'] / a['patches_per_s']:.2f}")
             if name == "tiny-clip":
                 reader, tiny_b = best(reads), b
-                print(f"OpenSlide-only read loop (1 process, {n} patches): {fmt(reader)}   runs: "
-                      + ", ".join(f"{r['patches_per_s']:.1f}" for r in reads))
+                print(
+                    f"OpenSlide-only read loop (1 process, {n} patches): {fmt(reader)}   runs: "
+                    + ", ".join(f"{r['patches_per_s']:.1f}" for r in reads)
+                )
                 print(f"tiny-clip end-to-end / OpenSlide-only = {b['patches_per_s'] / reader['patches_per_s']:.2f}")
 
-        big = run_stage("extract", slide=str(big_slide), coords_h5=str(big_h5), encoder_name="tiny-clip", num_workers=args.num_workers,
-                        out=str(folder / "big.h5"), **common)
+        big = run_stage(
+            "extract",
+            slide=str(big_slide),
+            coords_h5=str(big_h5),
+            encoder_name="tiny-clip",
+            num_workers=args.num_workers,
+            out=str(folder / "big.h5"),
+            **common,
+        )
         for label, n, r in (("slide", n_all, tiny_b), ("4x slide", 4 * n_all, big)):
-            print(f"peak RSS, tiny-clip end-to-end on {label:8s} ({n:5d} patches): main {r['peak_rss_mb']:6.0f} MB, "
-                  f"largest worker {r['worker_peak_rss_mb']:6.0f} MB  ({fmt(r)})")
-        print(f"peak RSS ratio 4x/1x: main {big['peak_rss_mb'] / tiny_b['peak_rss_mb']:.2f}, "
-              f"worker {big['worker_peak_rss_mb'] / tiny_b['worker_peak_rss_mb']:.2f}")
+            print(
+                f"peak RSS, tiny-clip end-to-end on {label:8s} ({n:5d} patches): main {r['peak_rss_mb']:6.0f} MB, "
+                f"largest worker {r['worker_peak_rss_mb']:6.0f} MB  ({fmt(r)})"
+            )
+        print(
+            f"peak RSS ratio 4x/1x: main {big['peak_rss_mb'] / tiny_b['peak_rss_mb']:.2f}, "
+            f"worker {big['worker_peak_rss_mb'] / tiny_b['worker_peak_rss_mb']:.2f}"
+        )
         if "cuda_peak_mb" in big:
             print(f"peak CUDA memory (tiny-clip, 4x slide): {big['cuda_peak_mb']:.0f} MB")
         print(f"load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

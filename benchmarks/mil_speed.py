@@ -69,7 +69,9 @@ def main() -> None:
         for name in ["abmil", *[m for m in args.models if m != "abmil"]]:
             seconds, peak = pool.apply(_time_model, (name, args.instances, args.dim, args.repeats))
             results[name] = seconds
-            print(f"{name:10s} {seconds:8.3f} s/bag  x{seconds / results['abmil']:6.2f} vs abmil  peak RSS {peak:7.0f} MB")
+            print(
+                f"{name:10s} {seconds:8.3f} s/bag  x{seconds / results['abmil']:6.2f} vs abmil  peak RSS {peak:7.0f} MB"
+            )
 
 
 if __name__ == "__main__":

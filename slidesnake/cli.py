@@ -36,7 +36,9 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from slidesnake.data.demo import DemoConfig, demo_sheet, write_demo_slide, write_demo_tables
 
-    cfg = DemoConfig(n_patients=args.n_patients, slides_per_patient=args.slides_per_patient, size=args.size, seed=args.seed)
+    cfg = DemoConfig(
+        n_patients=args.n_patients, slides_per_patient=args.slides_per_patient, size=args.size, seed=args.seed
+    )
     out = Path(args.out)
     slide_dir = out / "slides"
     sheet = demo_sheet(cfg, slide_dir)
@@ -104,7 +106,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_encoders(args: argparse.Namespace) -> int:
     from slidesnake.features.encoders import list_encoders
 
-    rows = [(s.name, s.family, str(s.dim), str(s.image_size), "yes" if s.normalized else "no", s.source) for s in list_encoders()]
+    rows = [
+        (s.name, s.family, str(s.dim), str(s.image_size), "yes" if s.normalized else "no", s.source)
+        for s in list_encoders()
+    ]
     header = ("name", "family", "dim", "image", "l2-norm", "source")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -133,7 +138,10 @@ def _task_labels(args: argparse.Namespace):
     from slidesnake.train.tasks import load_task_labels
 
     config, task_cfg = _task_config(args)
-    return (config, *load_task_labels(args.task, task_cfg, args.sheet, clinical=args.clinical, mutations=args.mutations))
+    return (
+        config,
+        *load_task_labels(args.task, task_cfg, args.sheet, clinical=args.clinical, mutations=args.mutations),
+    )
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
@@ -160,7 +168,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config, task, labels = _task_labels(args)
     training = config["training"]
-    params = TrainParams(**{k: training[k] for k in ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device")})
+    params = TrainParams(
+        **{
+            k: training[k]
+            for k in ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device")
+        }
+    )
     features = {p.stem: str(p) for p in sorted(Path(args.features).glob("*.h5"))}
     hierarchy = {p.stem: str(p) for p in sorted(Path(args.hierarchy).glob("*.h5"))} if args.hierarchy else None
     folds = pd.read_csv(args.folds, dtype={"slide_id": str, "case_id": str})
@@ -172,12 +185,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from slidesnake.evaluate.metrics import evaluate_predictions
     from slidesnake.io.atomic import write_csv
-
     from slidesnake.train.tasks import task_from_config
 
     config, task_cfg = _task_config(args)
     task = task_from_config(args.task, task_cfg)
-    metrics = evaluate_predictions(task, args.predictions, n_bootstrap=config["evaluation"]["bootstrap"], seed=config["evaluation"]["seed"])
+    metrics = evaluate_predictions(
+        task, args.predictions, n_bootstrap=config["evaluation"]["bootstrap"], seed=config["evaluation"]["seed"]
+    )
     write_csv(args.out, metrics)
     print(metrics.to_string(index=False))
     return 0
@@ -207,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="tissue JSON")
     p.add_argument("--qc", help="QC PNG with contours and holes")
     p.add_argument("--preset", default="default", help="segmentation preset: default, tcga, biopsy")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a preset value, e.g. a_t=16")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="override a preset value, e.g. a_t=16"
+    )
     p.add_argument("--mpp-fallback", type=float, help="µm/px when the slide records no resolution")
     p.set_defaults(func=cmd_segment)
 
@@ -225,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="patch features of one slide with one or more encoders")
     p.add_argument("slide")
     p.add_argument("--coords", required=True, help="coords h5 from `slidesnake patch`")
-    p.add_argument("--encoder", action="append", required=True, help="registry name, hf-hub id or local path (repeatable)")
+    p.add_argument(
+        "--encoder", action="append", required=True, help="registry name, hf-hub id or local path (repeatable)"
+    )
     p.add_argument("--out", action="append", required=True, help="features h5, one per --encoder")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)
@@ -283,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     from slidesnake.sheet import SheetError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except (ConfigError, SheetError, ValueError, KeyError, FileNotFoundError) as exc:

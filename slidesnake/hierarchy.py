@@ -105,7 +105,9 @@ def link_files(features_5x: str | os.PathLike, features_20x: str | os.PathLike, 
         size20 = int(f20.attrs["patch_size_level0"]) if "patch_size_level0" in f20.attrs else None
         size5 = int(f5.attrs["patch_size_level0"]) if "patch_size_level0" in f5.attrs else None
     if encoder5 != encoder20:
-        raise HierarchyError(f"{features_5x} ({encoder5}) and {features_20x} ({encoder20}) come from different encoders")
+        raise HierarchyError(
+            f"{features_5x} ({encoder5}) and {features_20x} ({encoder20}) come from different encoders"
+        )
     empty = len(parent_coords) == 0 or len(child_coords) == 0
     if size20 is None or size5 is None:
         raise HierarchyError(f"{features_5x} / {features_20x} lack the patch_size_level0 attribute")

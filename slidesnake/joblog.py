@@ -28,4 +28,6 @@ def setup_job_logging(log_file: str | os.PathLike | None, level: int = logging.I
     logging.captureWarnings(True)
     import slidesnake
 
-    logging.getLogger("slidesnake").info("slidesnake %s from %s", slidesnake.__version__, Path(slidesnake.__file__).parent)
+    logging.getLogger("slidesnake").info(
+        "slidesnake %s from %s", slidesnake.__version__, Path(slidesnake.__file__).parent
+    )

@@ -91,9 +91,9 @@ class FakeServer:
         url = urlparse(h.path)
         path = re.sub(r"^/v0", "", url.path)
         if path in ("/files", "/cases"):
-            params = json.loads(body) if method == "POST" and body else {
-                k: v[0] for k, v in parse_qs(url.query).items()
-            }
+            params = (
+                json.loads(body) if method == "POST" and body else {k: v[0] for k, v in parse_qs(url.query).items()}
+            )
             return self._page(h, self.file_hits if path == "/files" else self.case_hits, params)
         if path.startswith("/data/"):
             file_id = path.removeprefix("/data/")

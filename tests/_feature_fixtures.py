@@ -82,7 +82,9 @@ def save_hf_clip_folder(folder: Path, seed: int = 2) -> Path:
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(TINY_MEAN), "image_std": list(TINY_STD)}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": list(TINY_MEAN), "image_std": list(TINY_STD)})
+    )
     return folder
 
 
@@ -114,6 +116,12 @@ def colour_grid_slide(path: Path, cells: int = GRID) -> Path:
 def coords_file(path: Path, coords: list[tuple[int, int]], mag: float, size0: int, patch_size: int = 256) -> Path:
     """A DESIGN §2 coords h5 written by hand (level-0 size given, not computed by the code under test)."""
     arr = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    attrs = {"patch_size": patch_size, "patch_size_level0": size0, "target_mpp": 10.0 / mag, "magnification": float(mag), "mpp_source": "openslide.mpp-x"}
+    attrs = {
+        "patch_size": patch_size,
+        "patch_size_level0": size0,
+        "target_mpp": 10.0 / mag,
+        "magnification": float(mag),
+        "mpp_source": "openslide.mpp-x",
+    }
     write_h5(path, {"coords": arr}, attrs)
     return path

@@ -16,7 +16,9 @@ from slidesnake.io.atomic import write_h5
 PATCH = 256  # level-0 size of a 20x patch on a 0.5 mpp slide
 
 
-def synthetic_bag(rng: np.random.Generator, positive: bool, n: int, dim: int, n_key: int, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_bag(
+    rng: np.random.Generator, positive: bool, n: int, dim: int, n_key: int, signal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, dim), coords (n, 2)) on a square 20x grid; positives get ``n_key`` adjacent key instances."""
     side = int(np.ceil(np.sqrt(n)))
     cells = np.stack(np.divmod(np.arange(side * side), side), axis=1)[:, ::-1][:n]  # (col, row) → (x, y)
@@ -75,13 +77,24 @@ def write_cohort(
         slide_id = f"EMPTY{e}"
         feats[slide_id] = _write(root, slide_id, np.zeros((0, dim), np.float32), np.zeros((0, 2), np.int64))
         hiers[slide_id] = _write_hier(root, slide_id, np.zeros((0, dim), np.float32), np.zeros((0, 2), np.int64))
-        rows.append({"slide_id": slide_id, "case_id": f"P{e:03d}", "path": f"{slide_id}.svs", "label": "pos" if e % 2 else "neg"})
+        rows.append(
+            {
+                "slide_id": slide_id,
+                "case_id": f"P{e:03d}",
+                "path": f"{slide_id}.svs",
+                "label": "pos" if e % 2 else "neg",
+            }
+        )
     return pd.DataFrame(rows).astype(str), feats, hiers
 
 
 def _write(root: Path, slide_id: str, features: np.ndarray, coords: np.ndarray) -> str:
     path = root / "features" / f"{slide_id}.h5"
-    write_h5(path, {"features": features, "coords": coords}, {"encoder": "synthetic", "dim": features.shape[1], "normalized": False})
+    write_h5(
+        path,
+        {"features": features, "coords": coords},
+        {"encoder": "synthetic", "dim": features.shape[1], "normalized": False},
+    )
     return str(path)
 
 

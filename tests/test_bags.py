@@ -10,8 +10,11 @@ from slidesnake.io.atomic import write_h5
 
 
 def _features(path, n: int, dim: int, slide: str) -> str:
-    write_h5(path, {"features": np.zeros((n, dim), np.float32), "coords": np.zeros((n, 2), np.int64)},
-             {"encoder": "tiny-clip", "dim": dim, "slide": slide})
+    write_h5(
+        path,
+        {"features": np.zeros((n, dim), np.float32), "coords": np.zeros((n, 2), np.int64)},
+        {"encoder": "tiny-clip", "dim": dim, "slide": slide},
+    )
     return str(path)
 
 

@@ -39,7 +39,10 @@ def tissue_slide(tmp_path_factory):
 
 def test_segment_then_patch_on_a_good_slide(tissue_slide, tmp_path, capsys) -> None:
     tissue, coords = tmp_path / "t.json", tmp_path / "c.h5"
-    assert main(["segment", str(tissue_slide), "--out", str(tissue), "--qc", str(tmp_path / "qc.png"), "--param", "a_t=1"]) == 0
+    assert (
+        main(["segment", str(tissue_slide), "--out", str(tissue), "--qc", str(tmp_path / "qc.png"), "--param", "a_t=1"])
+        == 0
+    )
     assert json.loads(tissue.read_text())["status"] == "ok"
     assert (tmp_path / "qc.png").stat().st_size > 0
     assert main(["patch", str(tissue_slide), "--tissue", str(tissue), "--mag", "20", "--out", str(coords)]) == 0
@@ -82,9 +85,15 @@ def test_splits_train_evaluate_chain(tmp_path, capsys) -> None:
         x = rng.normal(size=(20, 8)).astype(np.float32) + (1.5 if label == "a" else -1.5)
         write_h5(feats / f"s{i}.h5", {"features": x, "coords": np.zeros((20, 2), np.int64)}, {"encoder": "t", "dim": 8})
         rows.append((f"s{i}", f"p{i}", f"/none/s{i}.svs", label))
-    pd.DataFrame(rows, columns=["slide_id", "case_id", "path", "label"]).to_csv(tmp_path / "sheet.tsv", sep="\t", index=False)
-    config = {"cohort": "c", "tasks": {"subtype": {"kind": "classification", "column": "label"}},
-              "training": {"folds": 3, "epochs": 15, "patience": 15, "lr": 1e-3}, "evaluation": {"bootstrap": 50}}
+    pd.DataFrame(rows, columns=["slide_id", "case_id", "path", "label"]).to_csv(
+        tmp_path / "sheet.tsv", sep="\t", index=False
+    )
+    config = {
+        "cohort": "c",
+        "tasks": {"subtype": {"kind": "classification", "column": "label"}},
+        "training": {"folds": 3, "epochs": 15, "patience": 15, "lr": 1e-3},
+        "evaluation": {"bootstrap": 50},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     common = ["--config", str(tmp_path / "c.yaml"), "--task", "subtype", "--sheet", str(tmp_path / "sheet.tsv")]
     assert main(["splits", *common, "--out", str(tmp_path / "folds.csv")]) == 0
@@ -93,12 +102,53 @@ def test_splits_train_evaluate_chain(tmp_path, capsys) -> None:
     predictions = []
     for k in range(3):
         out = tmp_path / f"fold{k}"
-        assert main(["train", *common, "--features", str(feats), "--folds", str(tmp_path / "folds.csv"),
-                     "--fold", str(k), "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    *common,
+                    "--features",
+                    str(feats),
+                    "--folds",
+                    str(tmp_path / "folds.csv"),
+                    "--fold",
+                    str(k),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         predictions.append(str(out / "predictions.parquet"))
-    assert main(["evaluate", "--config", str(tmp_path / "c.yaml"), "--task", "subtype", *predictions,
-                 "--out", str(tmp_path / "metrics.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--task",
+                "subtype",
+                *predictions,
+                "--out",
+                str(tmp_path / "metrics.csv"),
+            ]
+        )
+        == 0
+    )
     metrics = pd.read_csv(tmp_path / "metrics.csv").set_index("fold")
     assert metrics.loc["pooled", "auc"] >= 0.9  # features are shifted by ±1.5 per class
-    assert main(["evaluate", "--config", str(tmp_path / "c.yaml"), "--task", "nosuch", *predictions,
-                 "--out", str(tmp_path / "m2.csv")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--task",
+                "nosuch",
+                *predictions,
+                "--out",
+                str(tmp_path / "m2.csv"),
+            ]
+        )
+        == 2
+    )

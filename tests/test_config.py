@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import yaml
-
 from conftest import REPO
+
 from slidesnake.config import ConfigError, load_config, validate_config
 from slidesnake.naming import encoder_slug
 
@@ -48,7 +47,11 @@ def test_unreadable_yaml_names_the_file(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "name, slug",
-    [("tiny-clip", "tiny-clip"), ("hf-hub:wisdomik/QuiltNet-B-32", "hf-hub_wisdomik_QuiltNet-B-32"), ("/models/plip/", "plip")],
+    [
+        ("tiny-clip", "tiny-clip"),
+        ("hf-hub:wisdomik/QuiltNet-B-32", "hf-hub_wisdomik_QuiltNet-B-32"),
+        ("/models/plip/", "plip"),
+    ],
 )
 def test_encoder_slugs_are_path_safe(name, slug) -> None:
     assert encoder_slug(name) == slug

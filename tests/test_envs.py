@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 CONDA_DIRECTIVE = re.compile(r'^\s*conda:\s*\n\s*"([^"]+)"', re.M)
@@ -27,8 +26,8 @@ def _canonical(name: str) -> str:
 
 
 def _requirements() -> dict[str, str]:
-    lines = [l.strip() for l in (REPO / "requirements.txt").read_text().splitlines()]
-    return _pins([l for l in lines if l and not l.startswith("#")], "==")
+    lines = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    return _pins([line for line in lines if line and not line.startswith("#")], "==")
 
 
 def _rule_files() -> list[Path]:
@@ -60,14 +59,31 @@ def test_env_pins_agree_with_requirements(env: Path) -> None:
     assert any(d.startswith("python=3.11") for d in conda)
     for name, version in _pins(pip, "==").items():
         assert name in requirements, f"{env.name}: {name} is not pinned in requirements.txt"
-        assert version == requirements[name], f"{env.name}: {name}=={version}, requirements.txt has {requirements[name]}"
+        assert version == requirements[name], (
+            f"{env.name}: {name}=={version}, requirements.txt has {requirements[name]}"
+        )
 
 
 def test_requirements_pin_what_the_brief_requires() -> None:
     requirements = _requirements()
     assert requirements["torch"] == "2.14.1" and requirements["torchvision"] == "0.29.1"
     assert requirements["snakemake"].startswith("9.")
-    for name in ("snakemake-executor-plugin-slurm", "openslide-python", "openslide-bin", "opencv-python-headless",
-                 "open-clip-torch", "h5py", "pandas", "pyarrow", "scanpy", "requests", "tifffile", "imagecodecs",
-                 "scikit-learn", "lifelines", "tqdm", "matplotlib"):
+    for name in (
+        "snakemake-executor-plugin-slurm",
+        "openslide-python",
+        "openslide-bin",
+        "opencv-python-headless",
+        "open-clip-torch",
+        "h5py",
+        "pandas",
+        "pyarrow",
+        "scanpy",
+        "requests",
+        "tifffile",
+        "imagecodecs",
+        "scikit-learn",
+        "lifelines",
+        "tqdm",
+        "matplotlib",
+    ):
         assert re.fullmatch(r"\d+(\.\w+)+", requirements[name]), name

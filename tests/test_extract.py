@@ -14,7 +14,15 @@ from slidesnake.features.device import DeviceUnavailableError, select_device
 from slidesnake.features.encoders import OPENAI_MEAN, OPENAI_STD, Encoder, EncoderSpec, load_encoder, resize_patch
 from slidesnake.features.extract import CoordsMismatchError, CpuShare, _BatchEncoder, cpu_share, extract_features
 from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info
-from tests._feature_fixtures import CELL, GRID, cell_rgb, colour_grid_slide, coords_file, save_open_clip_folder, tiny_open_clip
+from tests._feature_fixtures import (
+    CELL,
+    GRID,
+    cell_rgb,
+    colour_grid_slide,
+    coords_file,
+    save_open_clip_folder,
+    tiny_open_clip,
+)
 
 BLOCK = 64  # a 5x patch of 256 px holds GRID x GRID cells of 64 px each
 
@@ -23,7 +31,9 @@ class BlockColourEncoder(Encoder):
     """Probe encoder: the feature is the mean RGB of each 64x64 block of the 256 px patch, raw 0..255."""
 
     def __init__(self) -> None:
-        spec = EncoderSpec("probe", "test", "tiny", 256, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), 3 * GRID * GRID, False)
+        spec = EncoderSpec(
+            "probe", "test", "tiny", 256, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), 3 * GRID * GRID, False
+        )
         super().__init__(spec, torch.nn.Identity(), 1.0)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

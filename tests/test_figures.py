@@ -38,7 +38,9 @@ def _binary_rows(rng, fold):
     target = rng.integers(0, 2, 16)
     target[:2] = [0, 1]
     pos = np.clip(0.3 * target + rng.uniform(0, 0.7, 16), 0, 1)
-    return pd.DataFrame({"label": np.where(target, "pos", "neg"), "target": target, "prob_neg": 1 - pos, "prob_pos": pos})
+    return pd.DataFrame(
+        {"label": np.where(target, "pos", "neg"), "target": target, "prob_neg": 1 - pos, "prob_pos": pos}
+    )
 
 
 def test_binary_roc_aucs_equal_sklearn_per_fold_and_mean(tmp_path):
@@ -65,7 +67,9 @@ def test_multiclass_roc_is_macro_one_vs_rest(tmp_path):
     aucs = roc_figure(paths, SUBTYPE, tmp_path / "roc.png")
     for k, path in enumerate(paths):
         test = pd.read_parquet(path).query("split == 'test'")
-        expected = roc_auc_score(test["target"], test[["prob_a", "prob_b", "prob_c"]], multi_class="ovr", average="macro")
+        expected = roc_auc_score(
+            test["target"], test[["prob_a", "prob_b", "prob_c"]], multi_class="ovr", average="macro"
+        )
         assert aucs[f"fold{k}"] == pytest.approx(expected)
 
 

@@ -234,7 +234,9 @@ def test_pipeline_runs_from_a_fake_gdc_through_features(tmp_path):
     """Query checkpoint → one capped download job per slide (one drop mid-body, resumed) → tissue →
     features → bag index, with the workflow's own Snakefile."""
     image = tissue_slide()[0]
-    tissue = image[512:2048, 512:2560]  # JPEG-hostile texture: slides of a few MB, so a drop at half leaves whole chunks
+    tissue = image[
+        512:2048, 512:2560
+    ]  # JPEG-hostile texture: slides of a few MB, so a drop at half leaves whole chunks
     tissue[:] = np.clip(tissue + np.random.default_rng(0).integers(-90, 90, tissue.shape), 0, 255)
     hits, data = [], {}
     for i, project in enumerate(("TCGA-LUAD", "TCGA-LUSC")):
@@ -260,7 +262,9 @@ def test_pipeline_runs_from_a_fake_gdc_through_features(tmp_path):
     assert sorted(p for p, _ in transfers) == ["/data/file-0", "/data/file-1", "/data/file-1"]
     dropped, resumed = [s for s in srv.seen if s.path == "/data/file-1"]
     assert dropped.sent == sizes["/data/file-1"] // 2 and resumed.headers["Range"] != "bytes=0-"
-    assert dropped.sent + resumed.sent < sizes["/data/file-1"] + TransferConfig().chunk_size  # the rest, at most one chunk more
+    assert (
+        dropped.sent + resumed.sent < sizes["/data/file-1"] + TransferConfig().chunk_size
+    )  # the rest, at most one chunk more
     sheet = pd.read_csv(workdir / "results/t/slides.tsv", sep="\t", dtype=str)
     bags = pd.read_csv(workdir / "results/t/features/tiny-clip/bags.tsv", sep="\t")
     assert sorted(bags["slide_id"]) == sorted(sheet["slide_id"]) and len(bags) == 2

@@ -45,7 +45,10 @@ def test_urls_and_filelist():
     assert series_suppl_url("GSE240429", base) == f"{base}/GSE240nnn/GSE240429/suppl"
     assert sample_suppl_url(S1, base) == "https://ftp.ncbi.nlm.nih.gov/geo/samples/GSM7697nnn/GSM7697868/suppl"
     files = parse_filelist(filelist({"GSM1_a.csv.gz": b"abc"}).decode())
-    assert [(f.kind, f.name, f.size) for f in files] == [("Archive", "GSE240429_RAW.tar", 999), ("File", "GSM1_a.csv.gz", 3)]
+    assert [(f.kind, f.name, f.size) for f in files] == [
+        ("Archive", "GSE240429_RAW.tar", 999),
+        ("File", "GSM1_a.csv.gz", 3),
+    ]
 
 
 @pytest.fixture
@@ -53,7 +56,9 @@ def geo():
     s1, s2 = geo_files(f"{S1}_C73A1"), geo_files(f"{S2}_C73B1")
     served = {f"/geo/samples/GSM7697nnn/{S1}/suppl/{n}": d for n, d in s1.items()}
     served |= {f"/geo/samples/GSM7697nnn/{S2}/suppl/{n}": d for n, d in s2.items()}
-    served["/geo/series/GSE240nnn/GSE240429/suppl/filelist.txt"] = filelist(s1 | s2, wrong_size=f"{S2}_C73B1_barcodes.tsv.gz")
+    served["/geo/series/GSE240nnn/GSE240429/suppl/filelist.txt"] = filelist(
+        s1 | s2, wrong_size=f"{S2}_C73B1_barcodes.tsv.gz"
+    )
     srv = FakeServer(files=served, content_types={k: "text/plain" for k in served}).start()
     yield srv
     srv.stop()

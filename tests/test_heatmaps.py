@@ -5,15 +5,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from _mil_fixtures import PATCH, write_cohort
 from matplotlib import colormaps
 from PIL import Image
 
-from _mil_fixtures import PATCH, write_cohort
 from slidesnake.evaluate.heatmaps import (
+    CAPTION_PX,
     COLORBAR_PX,
     STRIP_GAP_PX,
     TITLE_PX,
-    CAPTION_PX,
     HeatmapInputError,
     attention_scores,
     percentile_scores,
@@ -45,7 +45,9 @@ def slide(tmp_path_factory):
     rng = np.random.default_rng(3)
     cells = rng.integers(30, 226, size=(1536 // 128, 2048 // 128, 3), dtype=np.uint8)
     image = np.repeat(np.repeat(cells, 128, axis=0), 128, axis=1)
-    return write_svs(tmp_path_factory.mktemp("slide") / "SLIDE-A.svs", image, mpp=0.25, app_mag=40.0, downsamples=(1, 4))
+    return write_svs(
+        tmp_path_factory.mktemp("slide") / "SLIDE-A.svs", image, mpp=0.25, app_mag=40.0, downsamples=(1, 4)
+    )
 
 
 def test_percentile_scores_are_ranks():
@@ -95,7 +97,9 @@ def test_heatmap_colours_land_at_patch_pixels(slide, tmp_path):
 
 
 def test_heatmap_of_empty_bag_is_the_thumbnail(slide, tmp_path):
-    image = render_heatmap(slide, np.zeros((0, 2), np.int64), np.zeros(0, np.float32), 256, tmp_path / "e.png", thumbnail_max=256)
+    image = render_heatmap(
+        slide, np.zeros((0, 2), np.int64), np.zeros(0, np.float32), 256, tmp_path / "e.png", thumbnail_max=256
+    )
     thumb = np.asarray(open_slide(slide).get_thumbnail((256, 256)).convert("RGB"))
     assert np.array_equal(image, thumb) and (tmp_path / "e.png").is_file()
 
@@ -160,7 +164,9 @@ def test_attention_scores_of_50k_bag_are_memory_bounded(checkpoints, tmp_path):
     before, _ = _rss_peak_mb()
     got_coords, scores = attention_scores(root / "abmil/model.pt", tmp_path / "big.h5", device="cpu")
     _, peak = _rss_peak_mb()
-    assert peak - before < 256, f"peak RSS grew by {peak - before:.0f} MB for a 50k bag"  # an N x N matrix alone is 10 GB
+    assert peak - before < 256, (
+        f"peak RSS grew by {peak - before:.0f} MB for a 50k bag"
+    )  # an N x N matrix alone is 10 GB
     assert np.array_equal(got_coords, coords) and scores.shape == (n,) and scores.dtype == np.float32
     assert abs(float(scores.sum()) - 1.0) < 1e-3  # ABMIL attention is a softmax over the bag
     checkpoint = torch.load(root / "abmil/model.pt", weights_only=True)
@@ -171,7 +177,9 @@ def test_attention_scores_of_50k_bag_are_memory_bounded(checkpoints, tmp_path):
         expected = model(torch.from_numpy(features[:1000])).attention.numpy()
     small = tmp_path / "small.h5"
     write_h5(small, {"features": features[:1000], "coords": coords[:1000]})
-    assert np.allclose(attention_scores(root / "abmil/model.pt", small)[1], expected, atol=1e-6)  # eval mode: no dropout
+    assert np.allclose(
+        attention_scores(root / "abmil/model.pt", small)[1], expected, atol=1e-6
+    )  # eval mode: no dropout
 
 
 def test_hierarchical_scores_map_to_parent_coords(checkpoints, tmp_path):
@@ -203,7 +211,11 @@ def _slide_features(root, slide, dim=16):
     attrs = {"encoder": "toy", "magnification": 20.0, "patch_size": 256, "patch_size_level0": 512}
     write_h5(root / "f20.h5", {"features": rng.normal(size=(12, dim)).astype(np.float32), "coords": c20}, attrs)
     attrs5 = {**attrs, "magnification": 5.0, "patch_size_level0": 2048}
-    write_h5(root / "f5.h5", {"features": rng.normal(size=(1, dim)).astype(np.float32), "coords": np.zeros((1, 2), np.int64)}, attrs5)
+    write_h5(
+        root / "f5.h5",
+        {"features": rng.normal(size=(1, dim)).astype(np.float32), "coords": np.zeros((1, 2), np.int64)},
+        attrs5,
+    )
     link_files(root / "f5.h5", root / "f20.h5", root / "hier.h5")
     return c20
 
@@ -211,7 +223,15 @@ def _slide_features(root, slide, dim=16):
 def test_slide_heatmaps_writes_both_figures_from_file_attrs(checkpoints, slide, tmp_path):
     root, _, _ = checkpoints
     c20 = _slide_features(tmp_path, slide)
-    n = slide_heatmaps(root / "abmil/model.pt", slide, tmp_path / "f20.h5", tmp_path / "h.png", tmp_path / "t.png", k=4, thumbnail_max=256)
+    n = slide_heatmaps(
+        root / "abmil/model.pt",
+        slide,
+        tmp_path / "f20.h5",
+        tmp_path / "h.png",
+        tmp_path / "t.png",
+        k=4,
+        thumbnail_max=256,
+    )
     assert n == 12
     assert _png(tmp_path / "h.png").shape == (192 + TITLE_PX, 256 + COLORBAR_PX, 3)
     coords, scores = attention_scores(root / "abmil/model.pt", tmp_path / "f20.h5")
@@ -219,7 +239,9 @@ def test_slide_heatmaps_writes_both_figures_from_file_attrs(checkpoints, slide, 
     assert top.shape == (256 + CAPTION_PX, 4 * 256 + 3 * STRIP_GAP_PX, 3)
     best = c20[np.argmax(scores)]
     with open_slide(slide) as handle:
-        assert np.array_equal(top[CAPTION_PX:, :256], read_patch(handle, *best, read_plan(slide_info(slide), 20.0, 256)))
+        assert np.array_equal(
+            top[CAPTION_PX:, :256], read_patch(handle, *best, read_plan(slide_info(slide), 20.0, 256))
+        )
 
 
 def test_slide_heatmaps_hierarchical_reads_parents_at_5x(checkpoints, slide, tmp_path):
@@ -233,7 +255,14 @@ def test_slide_heatmaps_hierarchical_reads_parents_at_5x(checkpoints, slide, tmp
     with open_slide(slide) as handle:
         assert np.array_equal(_png(tmp_path / "t.png")[CAPTION_PX:, :256], read_patch(handle, 0, 0, plan5))
     with pytest.raises(HeatmapInputError, match="not built from"):
-        slide_heatmaps(root / "hipt/model.pt", slide, tmp_path / "f5.h5", tmp_path / "h.png", tmp_path / "t.png", hierarchy_h5=tmp_path / "hier.h5")
+        slide_heatmaps(
+            root / "hipt/model.pt",
+            slide,
+            tmp_path / "f5.h5",
+            tmp_path / "h.png",
+            tmp_path / "t.png",
+            hierarchy_h5=tmp_path / "hier.h5",
+        )
 
 
 def test_top_patch_strip_of_empty_bag_reads_nothing(tmp_path):

@@ -41,8 +41,11 @@ def test_off_grid_coordinates_are_rejected() -> None:
 
 
 def _features_file(path, coords, feats, size, encoder="enc"):
-    write_h5(path, {"coords": np.asarray(coords), "features": np.asarray(feats, np.float32)},
-             {"encoder": encoder, "patch_size_level0": size, "dim": np.asarray(feats).shape[1]})
+    write_h5(
+        path,
+        {"coords": np.asarray(coords), "features": np.asarray(feats, np.float32)},
+        {"encoder": encoder, "patch_size_level0": size, "dim": np.asarray(feats).shape[1]},
+    )
 
 
 def test_link_files_writes_the_design_contract(tmp_path) -> None:

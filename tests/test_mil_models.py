@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _mil_fixtures import hierarchy_from_flat, synthetic_bag
 from sklearn.metrics import roc_auc_score
 
-from _mil_fixtures import hierarchy_from_flat, synthetic_bag
 from slidesnake.models.mil import MODELS, MissingCoordsError, UnknownModelError, build_model
 from slidesnake.train.data import Bag
 from slidesnake.train.losses import task_loss
@@ -134,7 +134,13 @@ def test_50k_instance_forward_every_model_under_4gb():
         """
     )
     tests_dir = str(Path(__file__).parent)
-    result = subprocess.run([sys.executable, "-c", script, tests_dir], capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", script, tests_dir],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent.parent,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     peaks = dict(line.split() for line in result.stdout.split("\n") if line)
     assert set(peaks) == set(MODELS)

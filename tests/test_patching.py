@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from _slide_fixtures import tissue_slide, write_aperio
+
 from slidesnake.tissue.patching import keep_mask, patch_coords, patch_slide, points_in_polygon, read_coords
 from slidesnake.tissue.segmentation import params_from_config, segment_slide
 
@@ -108,7 +108,12 @@ def test_patch_slide_writes_the_coords_contract(tmp_path, tissue_json):
     assert n == len(coords) > 0 and (coords == patch_coords(record, 5)).all()
     assert attrs["patch_size"] == 256 and attrs["patch_size_level0"] == 2048 and attrs["target_mpp"] == 2.0
     assert (attrs["read_level"], attrs["read_downsample"]) == (1, 4.0)  # 1.0 µm/px level ≤ 2.0·1.05
-    assert (attrs["mpp_source"], attrs["slide_id"], attrs["status"], attrs["magnification"]) == ("openslide.mpp-x", "s40", "ok", 5.0)
+    assert (attrs["mpp_source"], attrs["slide_id"], attrs["status"], attrs["magnification"]) == (
+        "openslide.mpp-x",
+        "s40",
+        "ok",
+        5.0,
+    )
 
 
 def test_patch_slide_coarse_slide_is_an_empty_set_not_an_error(tmp_path, tissue_json):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from _slide_fixtures import tissue_slide, write_aperio
+
 from slidesnake.tissue.patching import patch_coords, patch_slide
 from slidesnake.tissue.qc import CONTOUR_RGB, HOLE_RGB, PATCH_RGB, QC_COLUMNS, qc_table, render_qc
 from slidesnake.tissue.segmentation import params_from_config, segment_slide, write_tissue
@@ -35,7 +35,7 @@ def _read_rgb(path) -> np.ndarray:
 
 
 def _has_colour(image: np.ndarray, rgb) -> np.ndarray:
-    return (np.abs(image.astype(int) - rgb).sum(-1) <= 3)
+    return np.abs(image.astype(int) - rgb).sum(-1) <= 3
 
 
 def test_qc_png_draws_contours_holes_and_patches_in_place(cohort):
@@ -47,7 +47,9 @@ def test_qc_png_draws_contours_holes_and_patches_in_place(cohort):
     assert image.shape == (768, 1024, 3)  # 4096 × 3072 slide, longest side 1024: scale 4
     ys, xs = np.nonzero(_has_colour(image, CONTOUR_RGB))
     # contours: big block (512..2560, 512..2048) and small (3072..3584, 2304..2816) → /4
-    assert abs(xs.min() - 128) <= 8 and abs(xs.max() - 896) <= 8 and abs(ys.min() - 128) <= 8 and abs(ys.max() - 704) <= 8
+    assert (
+        abs(xs.min() - 128) <= 8 and abs(xs.max() - 896) <= 8 and abs(ys.min() - 128) <= 8 and abs(ys.max() - 704) <= 8
+    )
     ys, xs = np.nonzero(_has_colour(image, HOLE_RGB))
     assert abs(xs.min() - 320) <= 8 and abs(xs.max() - 448) <= 8  # hole 1280..1792 / 4
     ys, xs = np.nonzero(_has_colour(image, PATCH_RGB))

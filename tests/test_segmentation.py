@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from _slide_fixtures import TISSUE_RGB, glass, ink_slide, paint, tissue_slide, write_aperio, write_generic
+
 from slidesnake.io.svs import GLASS_RGB
 from slidesnake.tissue.segmentation import (
     PRESETS,
+    TISSUE_KEYS,
     SegmentationParams,
     TissueRecordError,
-    TISSUE_KEYS,
     find_contours,
     params_from_config,
     read_tissue,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _slide_fixtures import glass, paint, write_aperio, write_generic
+
 from slidesnake.io.slide import (
     ResolutionError,
     SlideInfo,

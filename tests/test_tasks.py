@@ -57,7 +57,9 @@ def test_tmb_threshold_and_multilabel_join_by_case(sheet, mutations):
 
 def test_survival_labels(sheet, tmp_path):
     path = tmp_path / "clinical.parquet"
-    pd.DataFrame({"case_id": ["c1", "c2", "c3"], "os_days": [100.0, None, 50.0], "os_event": [1, 0, 0]}).to_parquet(path)
+    pd.DataFrame({"case_id": ["c1", "c2", "c3"], "os_days": [100.0, None, 50.0], "os_event": [1, 0, 0]}).to_parquet(
+        path
+    )
     task = task_from_config("os", {"kind": "survival", "source": "clinical", "time": "os_days", "event": "os_event"})
     labels = task_labels(task, sheet, clinical=str(path))
     assert list(labels["slide_id"]) == ["s1", "s2", "s4"]

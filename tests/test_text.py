@@ -34,7 +34,12 @@ def test_expand_lists_and_synonym_templates_in_class_order():
 
 @pytest.mark.parametrize(
     "bad, match",
-    [({}, "non-empty"), ({"A": []}, "'A' has no prompts"), ({"A": "text"}, "'A' must map"), ({"A": {"templates": ["no slot"]}}, "placeholder")],
+    [
+        ({}, "non-empty"),
+        ({"A": []}, "'A' has no prompts"),
+        ({"A": "text"}, "'A' must map"),
+        ({"A": {"templates": ["no slot"]}}, "placeholder"),
+    ],
 )
 def test_malformed_prompts_are_named(bad, match):
     with pytest.raises(PromptsError, match=match):
@@ -42,7 +47,10 @@ def test_malformed_prompts_are_named(bad, match):
 
 
 def test_embed_prompts_writes_normalised_embeddings_equal_to_the_text_tower(tmp_path):
-    prompts = {"tumor": ["tumor tissue", "carcinoma"], "normal": {"synonyms": ["normal"], "templates": ["CLASSNAME tissue."]}}
+    prompts = {
+        "tumor": ["tumor tissue", "carcinoma"],
+        "normal": {"synonyms": ["normal"], "templates": ["CLASSNAME tissue."]},
+    }
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     embed_prompts("tiny-clip", tmp_path / "p.json", tmp_path / "text.h5", device="cpu")
     with h5py.File(tmp_path / "text.h5", "r") as f:

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from _mil_fixtures import write_cohort
+
 from slidesnake.evaluate.metrics import evaluate_predictions
 from slidesnake.train.loop import TrainParams, train_fold
 from slidesnake.train.splits import make_splits

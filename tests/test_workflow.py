@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, planned_jobs, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
+
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
@@ -140,7 +140,9 @@ def test_bad_slides_do_not_stop_the_cohort(demo_dir: Path, tmp_path: Path) -> No
     empty = demo_sheet.loc[demo_sheet["scan"] == "empty", "path"].item()
     shutil.copy(demo_dir / empty, slides / "empty.svs")
     rows += [(name, f"case-{name}", str(slides / f"{name}.svs"), "b") for name in ("truncated", "notaslide", "empty")]
-    pd.DataFrame(rows, columns=["slide_id", "case_id", "path", "label"]).to_csv(tmp_path / "sheet.tsv", sep="\t", index=False)
+    pd.DataFrame(rows, columns=["slide_id", "case_id", "path", "label"]).to_csv(
+        tmp_path / "sheet.tsv", sep="\t", index=False
+    )
     config = write_config(tmp_path / "c.yaml", cohort="bad", source="sheet", sheet=str(tmp_path / "sheet.tsv"))
     run_snakemake(tmp_path, "--cores", "2", "results/bad/qc.parquet", configfile=config)
     qc = pd.read_parquet(tmp_path / "results/bad/qc.parquet").set_index("slide")

@@ -134,7 +134,9 @@ def _guard(func: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Nam
 
 def cmd_query(args: argparse.Namespace) -> None:
     """gdc query: slide sheet (and optional manifest) for the projects."""
-    query = SlideQuery(projects=args.project, strategy=args.strategy or "Diagnostic Slide", data_format=args.data_format)
+    query = SlideQuery(
+        projects=args.project, strategy=args.strategy or "Diagnostic Slide", data_format=args.data_format
+    )
     sheet = slide_sheet(query_slides(GdcClient(args.api), query), args.cohort)
     write_sheet(sheet, args.out)
     if args.manifest:

@@ -31,7 +31,11 @@ _MISSING = frozenset(
      "not allowed to collect", "unknown tumor status", "'--"}
 )  # fmt: skip
 _STAGE = re.compile(r"^\s*stage\s+(iv|iii|ii|i)(?![iv])", re.I)
-_TNM = {"t": re.compile(r"^\s*(T[0-4]|Tis)", re.I), "n": re.compile(r"^\s*(N[0-3])", re.I), "m": re.compile(r"^\s*(M[01])", re.I)}
+_TNM = {
+    "t": re.compile(r"^\s*(T[0-4]|Tis)", re.I),
+    "n": re.compile(r"^\s*(N[0-3])", re.I),
+    "m": re.compile(r"^\s*(M[01])", re.I),
+}
 DAYS_PER_YEAR = 365.25
 
 

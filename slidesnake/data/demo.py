@@ -228,9 +228,7 @@ def _tissue_mask(rng: np.random.Generator, n: int) -> np.ndarray:
     return mask
 
 
-def _ragged_polygon(
-    rng: np.random.Generator, centre: np.ndarray, radius: float, n: int, margin: float
-) -> np.ndarray:
+def _ragged_polygon(rng: np.random.Generator, centre: np.ndarray, radius: float, n: int, margin: float) -> np.ndarray:
     """int32 (K, 2) polygon: a circle bent by low harmonics plus fine jitter, shrunk to stay inside the slide."""
     theta = np.linspace(0, 2 * math.pi, 360, endpoint=False)
     r = np.ones_like(theta)

@@ -70,7 +70,10 @@ class SlideQuery:
 
 
 def _in(field_name: str, values: str | Sequence[str]) -> dict[str, Any]:
-    return {"op": "in", "content": {"field": field_name, "value": [values] if isinstance(values, str) else list(values)}}
+    return {
+        "op": "in",
+        "content": {"field": field_name, "value": [values] if isinstance(values, str) else list(values)},
+    }
 
 
 def slide_filters(query: SlideQuery) -> dict[str, Any]:

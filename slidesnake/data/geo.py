@@ -146,7 +146,9 @@ def download_series(
     if layout == "spatiallibd":
         remotes = spatiallibd_remote_files(samples, out_dir, base_url, positions_url)
     elif layout == "geo":
-        remotes = series_remote_files(series, list_series(series, out_dir, base_url, config), out_dir, base_url, samples, pattern)
+        remotes = series_remote_files(
+            series, list_series(series, out_dir, base_url, config), out_dir, base_url, samples, pattern
+        )
     else:
         raise GeoError(f"geo.layout {layout!r} is not one of: geo, spatiallibd")
     log.info("%s: %d file(s) to fetch", series, len(remotes))

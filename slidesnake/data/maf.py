@@ -122,7 +122,9 @@ def fetch_mutation_table(
     """Find, download (verified, into ``cache_dir``) and combine the projects' MAFs into the wide table."""
     hits = query_mafs(client, projects)
     remotes = [
-        remote_file(client.api, h["file_id"], Path(cache_dir) / h["file_name"], h.get("md5sum", ""), h.get("file_size", ""))
+        remote_file(
+            client.api, h["file_id"], Path(cache_dir) / h["file_name"], h.get("md5sum", ""), h.get("file_size", "")
+        )
         for h in hits
     ]
     download_many(remotes, config=config)

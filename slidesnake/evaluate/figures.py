@@ -34,7 +34,11 @@ def pooled_test_rows(prediction_files: Sequence[str | os.PathLike]) -> pd.DataFr
     frames = [pd.read_parquet(path) for path in prediction_files]
     frames = [frame[frame["split"] == "test"] for frame in frames]
     frames = [frame for frame in frames if not frame.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["slide_id", "case_id", "fold", "split"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["slide_id", "case_id", "fold", "split"])
+    )
 
 
 def macro_roc(y_true: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -51,7 +55,9 @@ def macro_roc(y_true: np.ndarray, prob: np.ndarray) -> np.ndarray:
     return tpr
 
 
-def roc_figure(prediction_files: Sequence[str | os.PathLike], task: Task, out_png: str | os.PathLike) -> dict[str, float]:
+def roc_figure(
+    prediction_files: Sequence[str | os.PathLike], task: Task, out_png: str | os.PathLike
+) -> dict[str, float]:
     """Draw test-split ROC curves and write ``out_png``; return the AUCs shown in the legend.
 
     classification: one curve per fold (binary: positive class; multi-class: macro one-vs-rest) plus
@@ -81,7 +87,13 @@ def roc_figure(prediction_files: Sequence[str | os.PathLike], task: Task, out_pn
             aucs["mean"] = float(values.mean())
             aucs["std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
             spread = f" ± {aucs['std']:.3f}" if len(values) > 1 else ""
-            ax.plot(FPR_GRID, np.mean(curves, axis=0), color="black", linewidth=2, label=f"mean (AUC = {aucs['mean']:.3f}{spread})")
+            ax.plot(
+                FPR_GRID,
+                np.mean(curves, axis=0),
+                color="black",
+                linewidth=2,
+                label=f"mean (AUC = {aucs['mean']:.3f}{spread})",
+            )
     else:
         y_true, prob = target_array(task, test), score_array(task, test)
         for j, gene in enumerate(task.genes):
@@ -115,7 +127,9 @@ def km_figure(prediction_files: Sequence[str | os.PathLike], task: Task, out_png
     fig = Figure(figsize=(5.5, 4.5), dpi=100)
     ax = fig.add_subplot()
     if test.empty:
-        log.warning("task %s: no test predictions in %d files; empty Kaplan-Meier figure", task.name, len(prediction_files))
+        log.warning(
+            "task %s: no test predictions in %d files; empty Kaplan-Meier figure", task.name, len(prediction_files)
+        )
         ax.set_title(f"{task.name}: no test predictions")
         _save(fig, out_png)
         return float("nan")

@@ -75,7 +75,9 @@ def _scores(checkpoint, model_pt, features_h5, hierarchy_h5, device: str) -> tup
     bag_path = features_h5
     if _is_hierarchical(checkpoint):
         if hierarchy_h5 is None:
-            raise HeatmapInputError(f"{model_pt}: model {name!r} scores 5x regions; pass its hierarchy (hier_5x_20x) h5")
+            raise HeatmapInputError(
+                f"{model_pt}: model {name!r} scores 5x regions; pass its hierarchy (hier_5x_20x) h5"
+            )
         bag_path = hierarchy_h5
     bag = load_bag(os.fspath(bag_path), "hierarchy" if _is_hierarchical(checkpoint) else "flat")
     coords = np.zeros((0, 2), np.int64) if bag.coords is None else bag.coords.numpy().astype(np.int64).reshape(-1, 2)
@@ -95,10 +97,14 @@ def _scores(checkpoint, model_pt, features_h5, hierarchy_h5, device: str) -> tup
         bag = bag.to(torch_device)
         out = model(bag.features, coords=bag.coords, mask=bag.mask)
     if out.attention is None:
-        raise HeatmapInputError(f"model {name!r} ({model_pt}) returns no per-instance attention or score; no heatmap possible")
+        raise HeatmapInputError(
+            f"model {name!r} ({model_pt}) returns no per-instance attention or score; no heatmap possible"
+        )
     scores = out.attention.detach().float().cpu().numpy().reshape(-1)
     if len(scores) != len(coords):
-        raise HeatmapInputError(f"model {name!r} returned {len(scores)} instance scores for {len(coords)} instances of {bag_path}")
+        raise HeatmapInputError(
+            f"model {name!r} returned {len(scores)} instance scores for {len(coords)} instances of {bag_path}"
+        )
     return coords, scores.astype(np.float32)
 
 
@@ -241,7 +247,9 @@ def render_heatmap(
 
 
 def plan_for_features(
-    slide_path: str | os.PathLike, source: ReadPlan | str | os.PathLike | Mapping[str, Any], fallback_mpp: float | None = None
+    slide_path: str | os.PathLike,
+    source: ReadPlan | str | os.PathLike | Mapping[str, Any],
+    fallback_mpp: float | None = None,
 ) -> ReadPlan:
     """The read plan of the features' patches: given, or built from ``magnification`` / ``patch_size`` attrs.
 
@@ -255,7 +263,9 @@ def plan_for_features(
         attrs, where = _h5_attrs(source), os.fspath(source)
     missing = [key for key in ("magnification", "patch_size") if key not in attrs]
     if missing:
-        raise HeatmapInputError(f"{where} lacks attribute(s) {missing}; pass the 20x/5x features h5 written by extract_features")
+        raise HeatmapInputError(
+            f"{where} lacks attribute(s) {missing}; pass the 20x/5x features h5 written by extract_features"
+        )
     info = slide_info(slide_path, fallback_mpp=fallback_mpp)
     return read_plan(info, float(attrs["magnification"]), int(attrs["patch_size"]), bool(attrs.get("upsample", False)))
 

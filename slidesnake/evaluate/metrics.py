@@ -73,10 +73,14 @@ def multilabel_metrics(y_true: np.ndarray, prob: np.ndarray, genes: list[str] | 
     out = {}
     for j, gene in enumerate(genes):
         column = y_true[:, j]
-        out[f"auc_{gene}"] = float(roc_auc_score(column, prob[:, j])) if 0 < column.sum() < len(column) else float("nan")
+        out[f"auc_{gene}"] = (
+            float(roc_auc_score(column, prob[:, j])) if 0 < column.sum() < len(column) else float("nan")
+        )
     aucs = [v for v in out.values() if not np.isnan(v)]
     out["mean_auc"] = float(np.mean(aucs)) if aucs else float("nan")
-    out["exact_match"] = float(np.mean(np.all((prob >= 0.5) == y_true.astype(bool), axis=1))) if len(y_true) else float("nan")
+    out["exact_match"] = (
+        float(np.mean(np.all((prob >= 0.5) == y_true.astype(bool), axis=1))) if len(y_true) else float("nan")
+    )
     return out
 
 

@@ -67,7 +67,9 @@ def plot_km_groups(ax, time: np.ndarray, event: np.ndarray, groups: np.ndarray, 
     for value, name in ((0, "low risk"), (1, "high risk")):
         sel = groups == value
         if sel.any():
-            KaplanMeierFitter().fit(time[sel], event[sel], label=f"{name} (n={sel.sum()})").plot_survival_function(ax=ax, ci_show=False)
+            KaplanMeierFitter().fit(time[sel], event[sel], label=f"{name} (n={sel.sum()})").plot_survival_function(
+                ax=ax, ci_show=False
+            )
     p = logrank_p(time, event, groups)
     ax.set_title(f"{title} log-rank p={p:.3g}".strip())
     ax.set_xlabel("time")

@@ -77,8 +77,10 @@ def write_bag_index(
             files[slide_id], counts[slide_id] = os.fspath(path), int(shape[0])
         if len(dims) > 1:
             examples = ", ".join(f"D={dim} in {path}" for dim, path in dims.items())
-            raise BagIndexError(f"{mag}x features of one encoder have different dimensions ({examples}); "
-                                "rerun the features jobs of the odd files")
+            raise BagIndexError(
+                f"{mag}x features of one encoder have different dimensions ({examples}); "
+                "rerun the features jobs of the odd files"
+            )
         columns[f"features_{mag}x"], columns[f"n_{mag}x"] = files, counts
     if hierarchy:
         columns["hierarchy"] = {Path(path).stem: os.fspath(path) for path in hierarchy}

@@ -25,13 +25,17 @@ def select_device(preference: str = "auto") -> torch.device:
     device = torch.device(pref)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"device '{preference}' requested but CUDA is not available; use device: auto or cpu")
+            raise DeviceUnavailableError(
+                f"device '{preference}' requested but CUDA is not available; use device: auto or cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceUnavailableError(
                 f"device '{preference}' requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceUnavailableError(f"device '{preference}' requested but MPS is not available; use device: auto or cpu")
+        raise DeviceUnavailableError(
+            f"device '{preference}' requested but MPS is not available; use device: auto or cpu"
+        )
     return device
 
 

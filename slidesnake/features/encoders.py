@@ -85,13 +85,23 @@ class EncoderSpec:
 REGISTRY: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
-        EncoderSpec("quiltnet-b-32", "hf-hub:wisdomik/QuiltNet-B-32", "open_clip", 224, OPENAI_MEAN, OPENAI_STD, 512, False),
-        EncoderSpec("quiltnet-b-16", "hf-hub:wisdomik/QuiltNet-B-16", "open_clip", 224, OPENAI_MEAN, OPENAI_STD, 512, False),
+        EncoderSpec(
+            "quiltnet-b-32", "hf-hub:wisdomik/QuiltNet-B-32", "open_clip", 224, OPENAI_MEAN, OPENAI_STD, 512, False
+        ),
+        EncoderSpec(
+            "quiltnet-b-16", "hf-hub:wisdomik/QuiltNet-B-16", "open_clip", 224, OPENAI_MEAN, OPENAI_STD, 512, False
+        ),
         EncoderSpec("plip", "hf-hub:vinid/plip", "hf_clip", 224, OPENAI_MEAN, OPENAI_STD, 512, False),
         EncoderSpec("conch", "hf-hub:MahmoodLab/conch", "conch", 448, OPENAI_MEAN, OPENAI_STD, 512, True),
         EncoderSpec(
-            "tiny-clip", f"random-init:seed={TINY_CLIP_SEED}", "tiny", TINY_CLIP_CFG["vision_cfg"]["image_size"],
-            OPENAI_MEAN, OPENAI_STD, TINY_CLIP_CFG["embed_dim"], False,
+            "tiny-clip",
+            f"random-init:seed={TINY_CLIP_SEED}",
+            "tiny",
+            TINY_CLIP_CFG["vision_cfg"]["image_size"],
+            OPENAI_MEAN,
+            OPENAI_STD,
+            TINY_CLIP_CFG["embed_dim"],
+            False,
         ),
     )
 }
@@ -232,9 +242,9 @@ def _load(name: str) -> Encoder:
     if spec is not None:
         return _load_registered(spec)
     if name.startswith(HF_HUB_PREFIX):
-        repo_id = name[len(HF_HUB_PREFIX):]
+        repo_id = name[len(HF_HUB_PREFIX) :]
         return _load_folder(name, _hub_folder(name, repo_id, None))
-    path_text = name[len(LOCAL_DIR_PREFIX):] if name.startswith(LOCAL_DIR_PREFIX) else name
+    path_text = name[len(LOCAL_DIR_PREFIX) :] if name.startswith(LOCAL_DIR_PREFIX) else name
     path = Path(path_text).expanduser()
     if path.is_dir():
         return _load_folder(name, path)
@@ -242,7 +252,9 @@ def _load(name: str) -> Encoder:
         return _load_checkpoint_file(name, path)
     arch, sep, pretrained = name.partition(":")
     if sep and pretrained and arch.lower() == "conch":
-        return _load_conch(replace(REGISTRY["conch"], name=name), lambda: _existing_file(name, Path(pretrained).expanduser()))
+        return _load_conch(
+            replace(REGISTRY["conch"], name=name), lambda: _existing_file(name, Path(pretrained).expanduser())
+        )
     if sep and pretrained:
         return _load_open_clip_pair(name, arch, pretrained)
     raise EncoderNotFoundError(
@@ -254,7 +266,7 @@ def _load(name: str) -> Encoder:
 def _load_registered(spec: EncoderSpec) -> Encoder:
     if spec.family == "tiny":
         return _build_tiny_clip(spec)
-    repo_id = spec.source[len(HF_HUB_PREFIX):]
+    repo_id = spec.source[len(HF_HUB_PREFIX) :]
     if spec.family == "conch":
         return _load_conch(spec, lambda: _hub_file(spec.name, repo_id, CONCH_WEIGHTS))
     encoder = _load_folder(spec.name, _hub_folder(spec.name, repo_id, spec.family))
@@ -309,7 +321,11 @@ def _hub_folder(name: str, repo_id: str, family: str | None) -> Path:
     otherwise a ``config.json`` means a Hugging Face CLIP folder.
     """
     if family in (None, "open_clip"):
-        config = _hub_optional(repo_id, "open_clip_config.json") if family is None else _hub_file(name, repo_id, "open_clip_config.json")
+        config = (
+            _hub_optional(repo_id, "open_clip_config.json")
+            if family is None
+            else _hub_file(name, repo_id, "open_clip_config.json")
+        )
         if config is not None:
             _hub_first(name, repo_id, OPEN_CLIP_WEIGHTS)
             return config.parent
@@ -370,10 +386,14 @@ def _load_open_clip_folder(name: str, folder: Path) -> Encoder:
 
     model_cfg, preprocess_cfg = _read_open_clip_config(folder / "open_clip_config.json")
     if not any((folder / w).is_file() for w in OPEN_CLIP_WEIGHTS):
-        raise EncoderFormatError(f"encoder '{name}': {folder} has an open_clip config but no weights ({' or '.join(OPEN_CLIP_WEIGHTS)})")
+        raise EncoderFormatError(
+            f"encoder '{name}': {folder} has an open_clip config but no weights ({' or '.join(OPEN_CLIP_WEIGHTS)})"
+        )
     model = open_clip.create_model(f"{LOCAL_DIR_PREFIX}{folder}", device="cpu")
     tokenizer = open_clip.get_tokenizer(f"{LOCAL_DIR_PREFIX}{folder}")
-    return _OpenClipEncoder(_open_clip_spec(name, str(folder), "open_clip", model_cfg, preprocess_cfg), model, tokenizer)
+    return _OpenClipEncoder(
+        _open_clip_spec(name, str(folder), "open_clip", model_cfg, preprocess_cfg), model, tokenizer
+    )
 
 
 def _existing_file(name: str, path: Path) -> Path:

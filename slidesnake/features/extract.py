@@ -34,13 +34,29 @@ from slidesnake.io.atomic import atomic_path
 from slidesnake.io.slide import ReadPlan, open_slide, read_patch, read_plan, slide_info
 from slidesnake.tissue.patching import read_coords
 
-__all__ = ["CoordsMismatchError", "CpuShare", "PatchBatches", "auto_workers", "cpu_share", "extract_features", "select_device"]
+__all__ = [
+    "CoordsMismatchError",
+    "CpuShare",
+    "PatchBatches",
+    "auto_workers",
+    "cpu_share",
+    "extract_features",
+    "select_device",
+]
 
 log = logging.getLogger(__name__)
 
 # Attributes copied from the coords file into every features file, so a features file alone says
 # at which resolution it was computed.
-COPIED_ATTRS = ("magnification", "patch_size", "patch_size_level0", "target_mpp", "read_level", "read_downsample", "mpp_source")
+COPIED_ATTRS = (
+    "magnification",
+    "patch_size",
+    "patch_size_level0",
+    "target_mpp",
+    "read_level",
+    "read_downsample",
+    "mpp_source",
+)
 PREFETCH_BATCHES = 2  # batches each worker keeps ready: enough to hide read jitter, bounded memory
 PROBE_PATCHES = 4  # patches timed on one thread to measure the model's per-patch cost on the CPU
 MAX_CUDA_WORKERS = 16  # readers beyond this rarely help one GPU and cost memory
@@ -102,7 +118,9 @@ class PatchBatches(Dataset):
     after the parent used cv2's pool deadlocks.
     """
 
-    def __init__(self, slide_path: str | os.PathLike, coords: np.ndarray, plan: ReadPlan, sizes: Sequence[int], batch_size: int) -> None:
+    def __init__(
+        self, slide_path: str | os.PathLike, coords: np.ndarray, plan: ReadPlan, sizes: Sequence[int], batch_size: int
+    ) -> None:
         self.slide_path = os.fspath(slide_path)
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.plan = plan
@@ -199,7 +217,9 @@ def extract_features(
     torch_device = select_device(device)
     cores = cores or available_cores()
     workers = _resolve_workers(num_workers, torch_device, cores)
-    todo = [i for i, (enc, out) in enumerate(zip(encoders, out_paths)) if not _is_complete(out, _known_spec(enc), coords)]
+    todo = [
+        i for i, (enc, out) in enumerate(zip(encoders, out_paths)) if not _is_complete(out, _known_spec(enc), coords)
+    ]
     loaded = {i: _on_device(encoders[i], torch_device) for i in todo}
     todo = [i for i in todo if not _is_complete(out_paths[i], loaded[i].spec, coords)]
     for i in set(range(len(encoders))) - set(todo):
@@ -286,7 +306,9 @@ def _run(
     :func:`cpu_share` splits the cores before the readers start; that batch is not read again.
     """
     slot = [dataset.sizes.index(r.encoder.spec.image_size) for r in runners]
-    progress = tqdm(total=len(dataset.coords), desc=f"features {Path(dataset.slide_path).name}", unit="patch", disable=None)
+    progress = tqdm(
+        total=len(dataset.coords), desc=f"features {Path(dataset.slide_path).name}", unit="patch", disable=None
+    )
     threads = torch.get_num_threads()
     first: list[tuple[torch.Tensor, ...]] = []  # batches read here rather than by the workers
     try:
@@ -298,7 +320,10 @@ def _run(
                 share = cpu_share(read_s, model_s, cores, threads, num_workers)
                 log.info(
                     "CPU split: read %.2f ms/patch, model %.2f ms/patch on one thread -> %d model thread(s), %d reader(s)",
-                    1000 * read_s, 1000 * model_s, share.threads, share.workers,
+                    1000 * read_s,
+                    1000 * model_s,
+                    share.threads,
+                    share.workers,
                 )
                 torch.set_num_threads(share.threads)
                 first, num_workers = [batch], share.workers
@@ -365,7 +390,9 @@ def _init_output(f: h5py.File, spec: EncoderSpec, coords: np.ndarray, common: di
     f.create_dataset("features", shape=(len(coords), spec.dim), dtype=np.float32)
     f.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
     f.attrs.update(common)
-    f.attrs.update(encoder=spec.name, source=spec.source, dim=spec.dim, normalized=spec.normalized, image_size=spec.image_size)
+    f.attrs.update(
+        encoder=spec.name, source=spec.source, dim=spec.dim, normalized=spec.normalized, image_size=spec.image_size
+    )
 
 
 def _is_complete(path: str | os.PathLike, spec: EncoderSpec | None, coords: np.ndarray) -> bool:

@@ -57,7 +57,9 @@ def expand_prompts(prompts: dict[str, Any], source: str = "<prompts>") -> tuple[
     return texts, index, classes
 
 
-def embed_prompts(encoder_name: str, prompts_json: str | os.PathLike, out_h5: str | os.PathLike, device: str = "auto") -> None:
+def embed_prompts(
+    encoder_name: str, prompts_json: str | os.PathLike, out_h5: str | os.PathLike, device: str = "auto"
+) -> None:
     """Embed every prompt of ``prompts_json`` with the encoder's text tower into ``out_h5``.
 
     Output: ``embeddings`` (T,D) float32 L2-normalised, ``class_index`` (T,) int64, ``prompts`` (T,)
@@ -72,7 +74,9 @@ def embed_prompts(encoder_name: str, prompts_json: str | os.PathLike, out_h5: st
     torch_device = select_device(device)
     encoder = load_encoder(encoder_name, torch_device)
     with inference_context(torch_device):
-        chunks = [encoder.encode_text(texts[i : i + TEXT_BATCH]).float().cpu() for i in range(0, len(texts), TEXT_BATCH)]
+        chunks = [
+            encoder.encode_text(texts[i : i + TEXT_BATCH]).float().cpu() for i in range(0, len(texts), TEXT_BATCH)
+        ]
     embeddings = torch.nn.functional.normalize(torch.cat(chunks), dim=-1).numpy().astype(np.float32)
     write_h5(
         out_h5,
@@ -81,7 +85,12 @@ def embed_prompts(encoder_name: str, prompts_json: str | os.PathLike, out_h5: st
             "class_index": np.asarray(index, dtype=np.int64),
             "prompts": np.array(texts, dtype=h5py.string_dtype("utf-8")),
         },
-        {"classes": json.dumps(classes), "encoder": encoder.spec.name, "dim": encoder.spec.dim, "logit_scale": encoder.logit_scale},
+        {
+            "classes": json.dumps(classes),
+            "encoder": encoder.spec.name,
+            "dim": encoder.spec.dim,
+            "logit_scale": encoder.logit_scale,
+        },
     )
     log.info("%s: %d prompts for %d classes with %s", out_h5, len(texts), len(classes), encoder.spec.name)
 

@@ -149,7 +149,13 @@ def read_plan(info: SlideInfo, mag: float, patch_size: int = 256, allow_upsample
     elif allow_upsample:
         level = 0
         upsample = True
-        log.warning("%s: %.4g µm/px is coarser than %gx (%.4g µm/px); upsampling as configured", info.path, info.mpp, mag, target)
+        log.warning(
+            "%s: %.4g µm/px is coarser than %gx (%.4g µm/px); upsampling as configured",
+            info.path,
+            info.mpp,
+            mag,
+            target,
+        )
     else:
         raise ResolutionError(
             f"{info.path}: slide resolution {info.mpp:.4g} µm/px (from {info.mpp_source}) is coarser than "

@@ -42,7 +42,9 @@ def write_svs(
     slides without a calibrated resolution look. ``size`` (W, H) is required when ``image`` is a callable.
     """
     width, height = _size_of(image, size)
-    base = f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}"
+    base = (
+        f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}"
+    )
     keys = []
     if app_mag is not None:
         keys.append(f"AppMag = {app_mag:g}")
@@ -61,7 +63,7 @@ def write_svs(
                     thumb,
                     photometric="rgb",
                     compression="jpeg",
-        compressionargs={"level": quality},
+                    compressionargs={"level": quality},
                     description=f"Aperio Image Library v12.0.15\r\n{width}x{height} -> {thumb.shape[1]}x{thumb.shape[0]} - |{meta}",
                     subfiletype=0,
                     metadata=None,

@@ -194,7 +194,13 @@ def segment_slide(
         tissue_area_mm2=round(area_px * info.mpp**2 / 1e6, 6),
         seconds=round(time.perf_counter() - start, 3),
     )
-    log.info("%s: %s, %d contours, %.2f mm² tissue", record["slide_id"], record["status"], len(contours0), record["tissue_area_mm2"])
+    log.info(
+        "%s: %s, %d contours, %.2f mm² tissue",
+        record["slide_id"],
+        record["status"],
+        len(contours0),
+        record["tissue_area_mm2"],
+    )
     return record
 
 
@@ -206,7 +212,9 @@ def read_segmentation_image(
     Returns (level, image, (sx, sy)) with level-0 = image × scale. A level over MAX_SEG_PIXELS (a huge
     single-level slide) is area-downscaled by an integer factor as it is read, so memory stays bounded.
     """
-    level = min(range(len(info.level_downsamples)), key=lambda i: abs(math.log(info.level_downsamples[i] / seg_downsample)))
+    level = min(
+        range(len(info.level_downsamples)), key=lambda i: abs(math.log(info.level_downsamples[i] / seg_downsample))
+    )
     lw, lh = info.level_dimensions[level]
     factor = max(1, math.ceil(math.sqrt(lw * lh / MAX_SEG_PIXELS)))
     out_w, out_h = max(1, lw // factor), max(1, lh // factor)
@@ -247,8 +255,12 @@ def validate_tissue(record: dict, source: str = "<tissue record>") -> None:
     if missing:
         raise TissueRecordError(f"{source}: tissue record lacks key(s) {missing}; rerun segmentation")
     status = record["status"]
-    if not isinstance(status, str) or not (status in (STATUS_OK, STATUS_NO_TISSUE) or status.startswith(UNREADABLE_PREFIX)):
-        raise TissueRecordError(f"{source}: key 'status' is {status!r}; expected ok, no_tissue or 'unreadable: <reason>'")
+    if not isinstance(status, str) or not (
+        status in (STATUS_OK, STATUS_NO_TISSUE) or status.startswith(UNREADABLE_PREFIX)
+    ):
+        raise TissueRecordError(
+            f"{source}: key 'status' is {status!r}; expected ok, no_tissue or 'unreadable: <reason>'"
+        )
     contours, holes = record["contours"], record["holes"]
     if not isinstance(contours, list) or not isinstance(holes, list) or len(contours) != len(holes):
         raise TissueRecordError(f"{source}: 'contours' and 'holes' must be parallel lists")
@@ -268,4 +280,3 @@ def _to_level0(contour: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
 def _polygon_area(pts: np.ndarray) -> float:
     x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
     return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-

@@ -142,8 +142,13 @@ def _scores(task: Task, logits: torch.Tensor) -> np.ndarray:
 
 
 def _evaluate(
-    model: MILModel, task: Task, table: pd.DataFrame, store: _BagStore, targets: dict[str, torch.Tensor],
-    weight: torch.Tensor | None, device: torch.device,
+    model: MILModel,
+    task: Task,
+    table: pd.DataFrame,
+    store: _BagStore,
+    targets: dict[str, torch.Tensor],
+    weight: torch.Tensor | None,
+    device: torch.device,
 ) -> tuple[float, np.ndarray]:
     """Mean loss and stacked scores over the slides of ``table`` (eval mode, no gradients)."""
     model.eval()
@@ -201,7 +206,11 @@ def train_fold(
     edges = None
     if task.kind == "survival":
         edges = survival_bins(parts["train"]["time"].to_numpy(), parts["train"]["event"].to_numpy(), task.n_bins)
-    n_outputs = {"classification": len(classes), "multilabel": len(task.genes), "survival": (0 if edges is None else len(edges) + 1)}[task.kind]
+    n_outputs = {
+        "classification": len(classes),
+        "multilabel": len(task.genes),
+        "survival": (0 if edges is None else len(edges) + 1),
+    }[task.kind]
     targets = _targets(task, table, edges)
     weight = None
     if params.class_weighting and task.kind == "classification":
@@ -234,7 +243,14 @@ def train_fold(
         val_metric = float("nan")
         if len(val_scores):
             val_metric = metrics_fn(target_array(task, parts["val"]), val_scores)[metric_name]
-        history.append({"epoch": epoch, "train_loss": float(np.mean(train_losses)), "val_loss": val_loss, f"val_{metric_name}": val_metric})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(train_losses)),
+                "val_loss": val_loss,
+                f"val_{metric_name}": val_metric,
+            }
+        )
         if parts["val"].empty or val_loss < best_loss:
             best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
         else:
@@ -250,7 +266,15 @@ def train_fold(
             continue
         _, scores = _evaluate(model, task, parts[name], store, targets, weight, device)
         frame = parts[name].drop(columns=["split"]).assign(fold=fold, split=name)
-        frame = frame[["slide_id", "case_id", "fold", "split", *[c for c in frame.columns if c not in ("slide_id", "case_id", "fold", "split")]]]
+        frame = frame[
+            [
+                "slide_id",
+                "case_id",
+                "fold",
+                "split",
+                *[c for c in frame.columns if c not in ("slide_id", "case_id", "fold", "split")],
+            ]
+        ]
         score_frame = pd.DataFrame(scores.reshape(len(frame), -1), columns=_score_columns(task, classes))
         rows.append(pd.concat([frame.reset_index(drop=True), score_frame], axis=1))
     predictions = pd.concat(rows, ignore_index=True)
@@ -272,4 +296,10 @@ def train_fold(
         torch.save(checkpoint, tmp)
     write_csv(out / "history.csv", pd.DataFrame(history))
     write_parquet(out / "predictions.parquet", predictions)
-    log.info("fold %d: best epoch %d, val loss %.4f, %d test predictions", fold, best_epoch, best_loss, (predictions["split"] == "test").sum())
+    log.info(
+        "fold %d: best epoch %d, val loss %.4f, %d test predictions",
+        fold,
+        best_epoch,
+        best_loss,
+        (predictions["split"] == "test").sum(),
+    )

@@ -60,7 +60,9 @@ def survival_risk(logits: torch.Tensor) -> torch.Tensor:
     return -torch.cumprod(1 - torch.sigmoid(logits), dim=-1).sum(dim=-1)
 
 
-def task_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def task_loss(
+    kind: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Loss of slide logits (B, C) against targets: class index, binary vector, or (bin, event)."""
     if kind == "classification":
         return F.cross_entropy(logits, target.long().view(-1).expand(logits.shape[0]), weight=weight)

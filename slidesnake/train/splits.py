@@ -42,7 +42,9 @@ def make_splits(
     case_ids = patients.index.to_numpy()
     strata = patients.to_numpy()
     stratified = _can_stratify(strata, k)
-    splitter = StratifiedKFold(k, shuffle=True, random_state=seed) if stratified else KFold(k, shuffle=True, random_state=seed)
+    splitter = (
+        StratifiedKFold(k, shuffle=True, random_state=seed) if stratified else KFold(k, shuffle=True, random_state=seed)
+    )
     rows = []
     for fold, (rest_idx, test_idx) in enumerate(splitter.split(case_ids, strata if stratified else None)):
         val_idx = _pick_val(rest_idx, strata, val_fraction, rng)
@@ -54,7 +56,13 @@ def make_splits(
         part["split"] = part["case_id"].map(split)
         rows.append(part)
     out = pd.concat(rows, ignore_index=True)
-    log.info("made %d %s folds over %d patients, %d slides", k, "stratified" if stratified else "unstratified", len(case_ids), len(slides))
+    log.info(
+        "made %d %s folds over %d patients, %d slides",
+        k,
+        "stratified" if stratified else "unstratified",
+        len(case_ids),
+        len(slides),
+    )
     return out
 
 

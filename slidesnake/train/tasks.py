@@ -129,7 +129,9 @@ def _source_table(task: Task, sheet: pd.DataFrame, clinical: str | None, mutatio
 def _require(task: Task, table: pd.DataFrame, columns: list[str]) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise TaskConfigError(f"task {task.name}: columns {missing} not in its {task.source} table; check tasks.{task.name}")
+        raise TaskConfigError(
+            f"task {task.name}: columns {missing} not in its {task.source} table; check tasks.{task.name}"
+        )
 
 
 def _targets(task: Task, merged: pd.DataFrame) -> pd.DataFrame:

@@ -7,5 +7,7 @@ from slidesnake.train.tasks import task_from_config
 
 setup_job_logging(snakemake.log[0])
 task = task_from_config(snakemake.wildcards.task, snakemake.params.task)
-metrics = evaluate_predictions(task, list(snakemake.input), n_bootstrap=snakemake.params.bootstrap, seed=snakemake.params.seed)
+metrics = evaluate_predictions(
+    task, list(snakemake.input), n_bootstrap=snakemake.params.bootstrap, seed=snakemake.params.seed
+)
 write_csv(snakemake.output[0], metrics)

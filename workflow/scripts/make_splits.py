@@ -13,5 +13,7 @@ _, labels = load_task_labels(
     clinical=snakemake.input.get("clinical"),
     mutations=snakemake.input.get("mutations"),
 )
-folds = make_splits(labels, k=snakemake.params.folds, val_fraction=snakemake.params.val_fraction, seed=snakemake.params.seed)
+folds = make_splits(
+    labels, k=snakemake.params.folds, val_fraction=snakemake.params.val_fraction, seed=snakemake.params.seed
+)
 write_csv(snakemake.output[0], folds)

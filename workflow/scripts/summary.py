@@ -5,4 +5,6 @@ from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
 
 setup_job_logging(snakemake.log[0])
-write_csv(snakemake.output[0], compare_metrics((*key, path) for key, path in zip(snakemake.params.evaluated, snakemake.input)))
+write_csv(
+    snakemake.output[0], compare_metrics((*key, path) for key, path in zip(snakemake.params.evaluated, snakemake.input))
+)

@@ -18,8 +18,14 @@ class _CLAM(MILModel):
     multi_branch = False
 
     def __init__(
-        self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25,
-        k_sample: int = 8, instance_weight: float = 0.3,
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 256,
+        attn_dim: int = 128,
+        dropout: float = 0.25,
+        k_sample: int = 8,
+        instance_weight: float = 0.3,
     ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)

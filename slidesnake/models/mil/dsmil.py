@@ -16,7 +16,9 @@ from slidesnake.models.mil.base import MILModel, MILOutput, embed
 class DSMIL(MILModel):
     """Instance classifier (max stream) + critical-instance attention pooling (bag stream)."""
 
-    def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25) -> None:
+    def __init__(
+        self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25
+    ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)
         self.instance_classifier = nn.Linear(hidden, n_outputs)

@@ -17,7 +17,15 @@ from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, atte
 class DTFD(MILModel):
     """Tier-1 ABMIL per pseudo-bag (auxiliary logits) -> tier-2 ABMIL over distilled features."""
 
-    def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25, n_groups: int = 5) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 256,
+        attn_dim: int = 128,
+        dropout: float = 0.25,
+        n_groups: int = 5,
+    ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)
         self.tier1_attention = GatedAttention(hidden, attn_dim, dropout=dropout)
@@ -40,4 +48,6 @@ class DTFD(MILModel):
             pseudo_logits.append(self.tier1_classifier(pooled))
         d = torch.stack(distilled)
         slide, _ = attention_pool(d, self.tier2_attention(d))
-        return MILOutput(logits=self.tier2_classifier(slide), attention=attention, extra_logits=torch.stack(pseudo_logits))
+        return MILOutput(
+            logits=self.tier2_classifier(slide), attention=attention, extra_logits=torch.stack(pseudo_logits)
+        )

@@ -21,14 +21,22 @@ class HierarchicalMIL(MILModel):
     input_kind = "hierarchy"
 
     def __init__(
-        self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25, heads: int = 4,
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 256,
+        attn_dim: int = 128,
+        dropout: float = 0.25,
+        heads: int = 4,
     ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)
         self.slot = nn.Parameter(torch.zeros(16, hidden))
         self.local = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True)
         self.local_score = nn.Linear(hidden, 1)
-        self.regional = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True)
+        self.regional = nn.TransformerEncoderLayer(
+            hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True
+        )
         self.attention = GatedAttention(hidden, attn_dim, dropout=dropout)
         self.classifier = nn.Linear(hidden, n_outputs)
 
@@ -37,7 +45,9 @@ class HierarchicalMIL(MILModel):
             mask = features.abs().sum(dim=-1) > 0
         h = self.embed(features) + self.slot  # (N5, 16, hidden)
         # stage 1: children of a parent attend to each other (in chunks: memory stays bounded for 50k patches)
-        regions = torch.cat([self._pool_children(h[i : i + 1024], mask[i : i + 1024]) for i in range(0, h.shape[0], 1024)])
+        regions = torch.cat(
+            [self._pool_children(h[i : i + 1024], mask[i : i + 1024]) for i in range(0, h.shape[0], 1024)]
+        )
         # stage 2: parents attend to each other, then gated attention gives the slide
         r = self.regional(regions.unsqueeze(0)).squeeze(0)
         pooled, weights = attention_pool(r, self.attention(r))

@@ -19,8 +19,14 @@ class IBMIL(MILModel):
     """ABMIL aggregator + backdoor-adjusted bag embedding over ``n_confounders`` prototypes."""
 
     def __init__(
-        self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25,
-        n_confounders: int = 8, confounder_momentum: float = 0.9,
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 256,
+        attn_dim: int = 128,
+        dropout: float = 0.25,
+        n_confounders: int = 8,
+        confounder_momentum: float = 0.9,
     ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)

@@ -32,8 +32,16 @@ class MHIMMIL(MILModel):
     """ABMIL student + EMA teacher; high-attention masking during training only."""
 
     def __init__(
-        self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25,
-        mask_ratio: float = 0.5, top_fraction: float = 0.1, momentum: float = 0.9999, consistency_weight: float = 0.1,
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 256,
+        attn_dim: int = 128,
+        dropout: float = 0.25,
+        mask_ratio: float = 0.5,
+        top_fraction: float = 0.1,
+        momentum: float = 0.9999,
+        consistency_weight: float = 0.1,
     ) -> None:
         super().__init__(in_dim, n_outputs)
         self.student = _Student(in_dim, hidden, attn_dim, dropout)

@@ -44,8 +44,14 @@ class PatchGCN(MILModel):
     """kNN graph on coords -> residual GCN layers (concatenated) -> gated-attention readout."""
 
     def __init__(
-        self, in_dim: int, n_outputs: int, hidden: int = 128, attn_dim: int = 128, dropout: float = 0.25,
-        n_layers: int = 3, k: int = 8,
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 128,
+        attn_dim: int = 128,
+        dropout: float = 0.25,
+        n_layers: int = 3,
+        k: int = 8,
     ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)
@@ -58,7 +64,9 @@ class PatchGCN(MILModel):
 
     def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
         if coords is None:
-            raise MissingCoordsError("Patch-GCN needs patch coords (the features h5 'coords' dataset) to build its graph")
+            raise MissingCoordsError(
+                "Patch-GCN needs patch coords (the features h5 'coords' dataset) to build its graph"
+            )
         neighbours = knn_graph(coords, self.k)
         h = self.embed(features)
         outs = [h]

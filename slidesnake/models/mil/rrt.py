@@ -21,8 +21,14 @@ class RRTMIL(MILModel):
     """Regional MSA + cross-region MSA re-embedding, then gated-attention pooling."""
 
     def __init__(
-        self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25,
-        heads: int = 4, region_side: int = 8,
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 256,
+        attn_dim: int = 128,
+        dropout: float = 0.25,
+        heads: int = 4,
+        region_side: int = 8,
     ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)

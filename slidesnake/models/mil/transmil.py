@@ -19,7 +19,9 @@ from slidesnake.models.mil.base import MILModel, MILOutput
 class NystromAttention(nn.Module):
     """Multi-head self-attention approximated with m landmarks (Xiong et al., AAAI 2021): O(N m) memory."""
 
-    def __init__(self, dim: int, heads: int = 8, landmarks: int = 256, pinv_iterations: int = 6, dropout: float = 0.1) -> None:
+    def __init__(
+        self, dim: int, heads: int = 8, landmarks: int = 256, pinv_iterations: int = 6, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.heads, self.landmarks, self.pinv_iterations = heads, landmarks, pinv_iterations
         self.scale = (dim // heads) ** -0.5
