@@ -11,7 +11,8 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "config/schema.yaml")
+# The schema ships inside the package (slidesnake/schema.yaml), so an installed slidesnake validates the same way.
+validate(config, os.path.join(workflow.basedir, "slidesnake", "schema.yaml"))
 
 # Top-level code imports the slidesnake library from this checkout. Jobs (local, conda or cluster) find it
 # through workflow/scripts/slidesnake, a link to ../../slidesnake: Snakemake puts a script's folder on sys.path.

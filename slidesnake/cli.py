@@ -1,8 +1,9 @@
 """The ``slidesnake`` command: each subcommand is a thin wrapper over the library functions the rules call.
 
 Per-slide commands follow the pipeline's fault policy: a bad slide still gets its output with a
-status and the command exits 0 with a warning, so scripted cohorts go on; a configuration
-error exits 2.
+status and the command exits 0 with a warning, so scripted cohorts go on. Any slidesnake error
+becomes one line on stderr, no traceback: exit 2 for bad input or config (``InputError``), 1 for a
+failed computation (``ComputationError``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from slidesnake.errors import ConfigError, InputError, SlidesnakeError
+
 log = logging.getLogger("slidesnake")
-EXIT_CONFIG = 2
+EXIT_CONFIG = InputError.exit_code
 
 
 def _parse_value(text: str) -> Any:
@@ -28,7 +31,7 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"--param expects KEY=VALUE, got {pair!r}")
         out[key] = _parse_value(value)
     return out
 
@@ -87,7 +90,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from slidesnake.features.extract import extract_features
 
     if len(args.encoder) != len(args.out):
-        raise ValueError(f"give one --out per --encoder ({len(args.encoder)} encoders, {len(args.out)} outputs)")
+        raise InputError(f"give one --out per --encoder ({len(args.encoder)} encoders, {len(args.out)} outputs)")
     counts = extract_features(
         args.slide,
         args.coords,
@@ -130,12 +133,12 @@ def _task_config(args: argparse.Namespace) -> tuple[dict, dict]:
 
     config = load_config(args.config)
     if args.task not in config["tasks"]:
-        raise ValueError(f"task {args.task!r} is not in {args.config} (tasks: {sorted(config['tasks'])})")
+        raise ConfigError(f"task {args.task!r} is not in {args.config} (tasks: {sorted(config['tasks'])})")
     return config, config["tasks"][args.task]
 
 
 def _task_labels(args: argparse.Namespace):
-    from slidesnake.train.tasks import load_task_labels
+    from slidesnake.tasks import load_task_labels
 
     config, task_cfg = _task_config(args)
     return (
@@ -185,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from slidesnake.evaluate.metrics import evaluate_predictions
     from slidesnake.io.atomic import write_csv
-    from slidesnake.train.tasks import task_from_config
+    from slidesnake.tasks import task_from_config
 
     config, task_cfg = _task_config(args)
     task = task_from_config(args.task, task_cfg)
@@ -297,18 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slidesnake`` console script."""
-    from slidesnake.config import ConfigError
-    from slidesnake.sheet import SheetError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, SheetError, ValueError, KeyError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+    except SlidesnakeError as exc:
+        _one_line_error(exc)
+        return exc.exit_code
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        # bad arguments caught by lower layers that predate the SlidesnakeError hierarchy
+        _one_line_error(exc)
         return EXIT_CONFIG
+
+
+def _one_line_error(exc: BaseException) -> None:
+    """The error as one line on stderr (no traceback): the message names the file, key and fix."""
+    text = " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())
+    print(f"slidesnake: error: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
-"""Load a pipeline config outside Snakemake (for the CLI) with the workflow's own schema and defaults."""
+"""Load a pipeline config outside Snakemake (for the CLI) with the workflow's own schema and defaults.
+
+The schema ships inside the package (``slidesnake/schema.yaml``, read with importlib.resources), so a
+non-editable install validates configs exactly as the Snakefile does.
+"""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+from slidesnake.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config key with a wrong name, type or value; the message names the key path."""
+SCHEMA_PATH = resources.files("slidesnake") / "schema.yaml"
 
 
 def _with_defaults(validator_class):
@@ -29,9 +32,10 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+def validate_config(config: dict[str, Any], schema_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Validate in place, filling defaults as Snakemake's ``validate(..., set_default=True)`` does."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    text = SCHEMA_PATH.read_text() if schema_path is None else Path(schema_path).read_text()
+    schema = yaml.safe_load(text)
     validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -42,7 +46,7 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike = SCH
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config file and validate it against config/schema.yaml."""
+    """Read a YAML config file and validate it against the packaged schema (slidesnake/schema.yaml)."""
     try:
         config = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

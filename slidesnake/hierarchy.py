@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from slidesnake.errors import InputError
 from slidesnake.io.atomic import write_h5
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ CHILDREN_PER_SIDE = 4
 N_CHILDREN = CHILDREN_PER_SIDE * CHILDREN_PER_SIDE
 
 
-class HierarchyError(ValueError):
+class HierarchyError(InputError):
     """The 5x and 20x inputs do not describe one aligned grid; the message names the files."""
 
 

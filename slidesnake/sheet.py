@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from slidesnake.errors import InputError
+
 REQUIRED_COLUMNS = ("slide_id", "case_id", "path")
 SLIDE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _SLIDE_ID_RE = re.compile(rf"^{SLIDE_ID_PATTERN}$")
 
 
-class SheetError(ValueError):
+class SheetError(InputError):
     """A slide sheet that cannot drive the pipeline; the message names the file and the rows."""
 
 

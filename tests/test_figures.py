@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from slidesnake.evaluate.figures import FPR_GRID, FigureInputError, km_figure, macro_roc, roc_figure
 from slidesnake.io.atomic import write_parquet
-from slidesnake.train.tasks import Task
+from slidesnake.tasks import Task
 
 SUBTYPE = Task(name="subtype", kind="classification", column="label")
 MUTATIONS = Task(name="mut", kind="multilabel", source="mutations", genes=("TP53", "EGFR", "ALK"))

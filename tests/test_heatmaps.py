@@ -30,7 +30,7 @@ from slidesnake.io.svs import write_svs
 from slidesnake.models.mil import build_model
 from slidesnake.train.loop import TrainParams, train_fold
 from slidesnake.train.splits import make_splits
-from slidesnake.train.tasks import task_from_config, task_labels
+from slidesnake.tasks import task_from_config, task_labels
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ from slidesnake.evaluate.metrics import (
     multilabel_metrics,
     survival_metrics,
 )
-from slidesnake.train.tasks import Task
+from slidesnake.tasks import Task
 
 
 def test_binary_metrics_hand_computed():

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slidesnake.train.tasks import TaskConfigError, class_names, task_from_config, task_labels
+from slidesnake.tasks import TaskConfigError, class_names, task_from_config, task_labels
 
 
 @pytest.fixture

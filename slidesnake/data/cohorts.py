@@ -14,8 +14,10 @@ from typing import Any
 
 import yaml
 
+from slidesnake.errors import ConfigError
 
-class CohortConfigError(Exception):
+
+class CohortConfigError(ConfigError):
     """A cohort YAML or its label rule is malformed."""
 
 

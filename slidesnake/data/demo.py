@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from slidesnake.errors import ConfigError, InputError
 from slidesnake.io.atomic import write_csv, write_parquet
 from slidesnake.io.svs import GLASS_RGB, write_svs
 
@@ -56,11 +57,11 @@ _EXOME_MB = 38.0
 _RACES = ("white", "asian", "black or african american", "not reported")
 
 
-class DemoConfigError(ValueError):
+class DemoConfigError(ConfigError):
     """The demo cohort parameters (config key ``demo``) cannot make a valid cohort."""
 
 
-class UnknownDemoSlideError(ValueError):
+class UnknownDemoSlideError(InputError):
     """A slide id that the demo sheet for this config does not contain."""
 
 

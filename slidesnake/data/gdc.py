@@ -26,6 +26,7 @@ from slidesnake.data.transfer import (
     download,
     download_many,
 )
+from slidesnake.errors import ComputationError
 from slidesnake.io.atomic import write_csv
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ MANIFEST_COLUMNS = ("id", "filename", "md5", "size", "state")
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
-class GdcError(Exception):
+class GdcError(ComputationError):
     """The GDC API answered with an error or an unexpected payload."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slidesnake.data.transfer import DownloadResult, RemoteFile, TransferConfig, download, download_many
+from slidesnake.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ SPATIALLIBD_POSITIONS = "https://raw.githubusercontent.com/LieberInstitute/Human
 _GSM = re.compile(r"^(GSM\d+)_")
 
 
-class GeoError(Exception):
+class GeoError(InputError):
     """A GEO listing is missing or malformed, or the selection matched no file."""
 
 

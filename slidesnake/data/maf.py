@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from slidesnake.data.gdc import GdcClient, GdcError, remote_file
 from slidesnake.data.transfer import TransferConfig, download_many
+from slidesnake.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ MAF_FIELDS = ("file_id", "file_name", "md5sum", "file_size", "cases.case_id", "c
 DEFAULT_GENES = ("TP53", "EGFR", "KRAS", "ALK", "STK11", "KEAP1")
 
 
-class MafError(Exception):
+class MafError(InputError):
     """A MAF lacks the columns needed to build the mutation table."""
 
 

@@ -10,10 +10,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slidesnake.errors import ConfigError
+
 REDACTED = "<redacted-token>"
 
 
-class TokenError(Exception):
+class TokenError(ConfigError):
     """The configured token file or environment variable is missing or empty."""
 
 

@@ -24,6 +24,7 @@ import requests
 from tqdm import tqdm
 
 from slidesnake.data.token import Token, scrub
+from slidesnake.errors import ComputationError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _TRANSIENT = (
 _ERROR_PAGE_START = re.compile(rb"^\s*(<!doctype html|<html|<\?xml|\{\s*\"(message|error|errors|warnings)\")", re.I)
 
 
-class TransferError(Exception):
+class TransferError(ComputationError):
     """A file could not be downloaded (after the configured retries)."""
 
 

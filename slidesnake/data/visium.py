@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
+from slidesnake.errors import InputError
 from slidesnake.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ POSITION_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_i
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".tif.gz", ".tiff.gz", ".svs", ".btf")
 
 
-class VisiumError(Exception):
+class VisiumError(InputError):
     """A Visium folder lacks a needed file or its files disagree."""
 
 

@@ -15,17 +15,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from slidesnake.errors import InputError
 from slidesnake.evaluate.metrics import classification_metrics, score_array, target_array
 from slidesnake.evaluate.survival import fold_risk_groups, plot_km_groups
 from slidesnake.io.atomic import atomic_path
-from slidesnake.train.tasks import Task
+from slidesnake.tasks import Task
 
 log = logging.getLogger(__name__)
 
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
 
-class FigureInputError(ValueError):
+class FigureInputError(InputError):
     """The task kind does not fit the figure asked for."""
 
 

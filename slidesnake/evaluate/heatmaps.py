@@ -26,6 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
+from slidesnake.errors import InputError
 from slidesnake.features.device import select_device
 from slidesnake.hierarchy import CHILDREN_PER_SIDE
 from slidesnake.io.atomic import atomic_path
@@ -44,7 +45,7 @@ CAPTION_PX = 36
 STRIP_GAP_PX = 4
 
 
-class HeatmapInputError(ValueError):
+class HeatmapInputError(InputError):
     """A checkpoint and a features file do not fit together, or a model yields no instance scores."""
 
 

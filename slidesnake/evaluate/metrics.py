@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from slidesnake.evaluate.survival import c_index
-from slidesnake.train.tasks import Task
+from slidesnake.tasks import Task
 
 log = logging.getLogger(__name__)
 

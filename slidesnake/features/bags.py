@@ -19,10 +19,11 @@ from pathlib import Path
 import h5py
 import pandas as pd
 
+from slidesnake.errors import InputError
 from slidesnake.io.atomic import write_csv
 
 
-class BagIndexError(ValueError):
+class BagIndexError(InputError):
     """Feature files that cannot form one cohort's bags (mixed dimensions, missing datasets)."""
 
 

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 import torch
 
+from slidesnake.errors import InputError
 
-class DeviceUnavailableError(RuntimeError):
+
+class DeviceUnavailableError(InputError, RuntimeError):
     """A specific device was requested (``cuda``, ``mps``) but this machine has none."""
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slidesnake.errors import InputError
+
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,15 +56,15 @@ TINY_CLIP_CFG: dict[str, Any] = {
 }
 
 
-class EncoderNotFoundError(Exception):
+class EncoderNotFoundError(InputError):
     """The name is not a registry entry, a cached/downloadable hub id, or a readable local path."""
 
 
-class EncoderDependencyError(ImportError):
+class EncoderDependencyError(InputError, ImportError):
     """The encoder needs an optional package that is not installed; the message names it."""
 
 
-class EncoderFormatError(Exception):
+class EncoderFormatError(InputError):
     """A local folder or file exists but is not a format any loader recognises."""
 
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from slidesnake.errors import InputError
 from slidesnake.features.device import inference_context, select_device
 from slidesnake.features.encoders import REGISTRY, Encoder, EncoderSpec, load_encoder, resize_patch
 from slidesnake.io.atomic import atomic_path
@@ -62,7 +63,7 @@ PROBE_PATCHES = 4  # patches timed on one thread to measure the model's per-patc
 MAX_CUDA_WORKERS = 16  # readers beyond this rarely help one GPU and cost memory
 
 
-class CoordsMismatchError(ValueError):
+class CoordsMismatchError(InputError):
     """The coords file does not fit the slide (another slide's or resolution's patches)."""
 
 

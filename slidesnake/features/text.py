@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import torch
 
+from slidesnake.errors import InputError
 from slidesnake.features.device import inference_context, select_device
 from slidesnake.features.encoders import load_encoder
 from slidesnake.io.atomic import write_h5
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 TEXT_BATCH = 256  # prompts per forward pass; prompt sets are small, this bounds memory for big ones
 
 
-class PromptsError(ValueError):
+class PromptsError(InputError):
     """A prompts JSON is malformed; the message names the file and the class."""
 
 

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import openslide
 
+from slidesnake.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # Level choice tolerance: a level up to 5% coarser than the target still counts as "not coarser"
@@ -27,7 +29,7 @@ MPP_SOURCES = ("openslide.mpp-x", "tiff.resolution", "objective-power", "config-
 _UNIT_MICRONS = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
 
 
-class SlideError(Exception):
+class SlideError(InputError):
     """Base error for a slide; the message always names the file."""
 
 

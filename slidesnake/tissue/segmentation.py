@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import openslide
 
+from slidesnake.errors import InputError
 from slidesnake.io.atomic import write_json
 from slidesnake.io.slide import SlideError, SlideInfo, open_slide, rgba_to_rgb, slide_info
 
@@ -38,7 +39,7 @@ TISSUE_KEYS = (
 )  # fmt: skip
 
 
-class TissueRecordError(ValueError):
+class TissueRecordError(InputError):
     """A tissue JSON is missing keys or holds values of the wrong shape."""
 
 

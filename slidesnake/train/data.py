@@ -11,8 +11,10 @@ import h5py
 import numpy as np
 import torch
 
+from slidesnake.errors import InputError
 
-class BagFileError(ValueError):
+
+class BagFileError(InputError):
     """A features/hierarchy h5 lacks the datasets of its file contract (DESIGN §2)."""
 
 

@@ -18,10 +18,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from slidesnake.errors import InputError
 from slidesnake.evaluate.metrics import target_array, task_metrics
 from slidesnake.features.device import select_device
 from slidesnake.io.atomic import atomic_path, write_csv, write_parquet
 from slidesnake.models.mil import MODELS, MILModel, build_model
+from slidesnake.tasks import Task, class_names
 from slidesnake.train.data import Bag, bag_length, feature_dim, load_bag, subsample
 from slidesnake.train.losses import (
     class_weights,
@@ -31,14 +33,13 @@ from slidesnake.train.losses import (
     task_loss,
     time_to_bin,
 )
-from slidesnake.train.tasks import Task, class_names
 
 log = logging.getLogger(__name__)
 
 PRIMARY_METRIC = {"classification": "auc", "multilabel": "mean_auc", "survival": "c_index"}
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(InputError):
     """The fold has no usable training slides, or a slide has no feature file."""
 
 

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from slidesnake.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """The slide sheet cannot be split as asked (too few patients, missing columns)."""
 
 

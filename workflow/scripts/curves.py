@@ -2,7 +2,7 @@
 
 from slidesnake.evaluate.figures import km_figure, roc_figure
 from slidesnake.joblog import setup_job_logging
-from slidesnake.train.tasks import task_from_config
+from slidesnake.tasks import task_from_config
 
 setup_job_logging(snakemake.log[0])
 task = task_from_config(snakemake.wildcards.task, snakemake.params.task)

@@ -3,7 +3,7 @@
 from slidesnake.evaluate.metrics import evaluate_predictions
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
-from slidesnake.train.tasks import task_from_config
+from slidesnake.tasks import task_from_config
 
 setup_job_logging(snakemake.log[0])
 task = task_from_config(snakemake.wildcards.task, snakemake.params.task)

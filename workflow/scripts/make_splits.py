@@ -3,7 +3,7 @@
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
 from slidesnake.train.splits import make_splits
-from slidesnake.train.tasks import load_task_labels
+from slidesnake.tasks import load_task_labels
 
 setup_job_logging(snakemake.log[0])
 _, labels = load_task_labels(

@@ -7,7 +7,7 @@ import pandas as pd
 from slidesnake.features.bags import read_bag_index
 from slidesnake.joblog import setup_job_logging
 from slidesnake.train.loop import TrainParams, train_fold
-from slidesnake.train.tasks import load_task_labels
+from slidesnake.tasks import load_task_labels
 
 setup_job_logging(snakemake.log[0])
 task, labels = load_task_labels(

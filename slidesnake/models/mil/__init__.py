@@ -1,11 +1,11 @@
 """MIL model zoo: one module per model, all sharing :class:`slidesnake.models.mil.base.MILModel`.
 
-``build_model(name, in_dim, n_outputs, **kw)`` is how the training loop and the workflow make one.
+Each model class registers itself with ``@register`` (slidesnake/models/registry.py); importing this
+package imports every module, so the registry is complete. ``build_model(name, in_dim, n_outputs, **kw)``
+is the registry's ``build``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from slidesnake.models.mil.abmil import ABMIL
 from slidesnake.models.mil.base import MILModel, MILOutput, MissingCoordsError
@@ -19,37 +19,25 @@ from slidesnake.models.mil.patchgcn import PatchGCN
 from slidesnake.models.mil.pooling import MaxPool, MeanPool
 from slidesnake.models.mil.rrt import RRTMIL
 from slidesnake.models.mil.transmil import TransMIL
+from slidesnake.models.registry import UnknownModelError
+from slidesnake.models.registry import build as build_model
 
-MODELS: dict[str, type[MILModel]] = {
-    "abmil": ABMIL,
-    "transmil": TransMIL,
-    "clam_sb": CLAMSB,
-    "clam_mb": CLAMMB,
-    "dsmil": DSMIL,
-    "dtfd": DTFD,
-    "rrt": RRTMIL,
-    "mhim": MHIMMIL,
-    "ibmil": IBMIL,
-    "patchgcn": PatchGCN,
-    "hipt": HierarchicalMIL,
-    "meanpool": MeanPool,
-    "maxpool": MaxPool,
-}
-
-
-class UnknownModelError(KeyError):
-    """A model name that is not in the registry."""
-
-
-def build_model(name: str, in_dim: int, n_outputs: int, **kw: Any) -> MILModel:
-    """Instantiate registry model ``name`` for ``in_dim``-dimensional features and ``n_outputs`` outputs."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise UnknownModelError(
-            f"unknown MIL model {name!r} (config key train.models); choose one of {sorted(MODELS)}"
-        ) from None
-    return cls(in_dim, n_outputs, **kw)
-
+_CLASSES = (
+    ABMIL,
+    TransMIL,
+    CLAMSB,
+    CLAMMB,
+    DSMIL,
+    DTFD,
+    RRTMIL,
+    MHIMMIL,
+    IBMIL,
+    PatchGCN,
+    HierarchicalMIL,
+    MeanPool,
+    MaxPool,
+)
+# name -> class of the MIL models (the registry holds every model kind; this is the MIL part of it)
+MODELS: dict[str, type[MILModel]] = {cls.registry_entry.name: cls for cls in _CLASSES}
 
 __all__ = ["MODELS", "MILModel", "MILOutput", "MissingCoordsError", "UnknownModelError", "build_model"]

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.registry import register
 
 
+@register("abmil")
 class ABMIL(MILModel):
     """Gated-attention MIL: embed instances, score them, softmax-pool, classify."""
 

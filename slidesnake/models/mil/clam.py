@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, embed
+from slidesnake.models.registry import register
 
 
 class _CLAM(MILModel):
@@ -69,10 +70,12 @@ class _CLAM(MILModel):
         return torch.stack(losses).mean()
 
 
+@register("clam_sb")
 class CLAMSB(_CLAM):
     """CLAM single-branch: one attention map shared by all classes."""
 
 
+@register("clam_mb")
 class CLAMMB(_CLAM):
     """CLAM multi-branch: one attention map and bag classifier per class."""
 

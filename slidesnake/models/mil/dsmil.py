@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from slidesnake.models.mil.base import MILModel, MILOutput, embed
+from slidesnake.models.registry import register
 
 
+@register("dsmil")
 class DSMIL(MILModel):
     """Instance classifier (max stream) + critical-instance attention pooling (bag stream)."""
 

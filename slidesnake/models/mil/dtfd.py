@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.registry import register
 
 
+@register("dtfd")
 class DTFD(MILModel):
     """Tier-1 ABMIL per pseudo-bag (auxiliary logits) -> tier-2 ABMIL over distilled features."""
 

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.registry import register
 
 
+@register("hipt", inputs=("hierarchy",))
 class HierarchicalMIL(MILModel):
     """Input: (N5, 16, D) children + (N5, 16) mask. Attention is per 5x parent region."""
 

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.registry import register
 
 
+@register("ibmil", first_stage="abmil")
 class IBMIL(MILModel):
     """ABMIL aggregator + backdoor-adjusted bag embedding over ``n_confounders`` prototypes."""
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.registry import register
 
 
 class _Student(nn.Module):
@@ -28,6 +29,7 @@ class _Student(nn.Module):
         return attention_pool(h, self.attention(h))
 
 
+@register("mhim", first_stage="abmil")
 class MHIMMIL(MILModel):
     """ABMIL student + EMA teacher; high-attention masking during training only."""
 

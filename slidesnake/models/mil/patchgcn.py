@@ -14,6 +14,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, MissingCoordsError, attention_pool, embed
+from slidesnake.models.registry import register
 
 
 def knn_graph(coords: torch.Tensor, k: int = 8) -> torch.Tensor:
@@ -40,6 +41,7 @@ class _GCNLayer(nn.Module):
         return h + self.dropout(torch.relu(self.norm(self.linear(torch.cat([h, agg], dim=1)))))
 
 
+@register("patchgcn", inputs=("features", "coords"))
 class PatchGCN(MILModel):
     """kNN graph on coords -> residual GCN layers (concatenated) -> gated-attention readout."""
 

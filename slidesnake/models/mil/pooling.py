@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from slidesnake.models.mil.base import MILModel, MILOutput, embed
+from slidesnake.models.registry import register
 
 
+@register("meanpool")
 class MeanPool(MILModel):
     """Mean of instance embeddings; the linear head makes per-instance logits average to the slide logit."""
 
@@ -26,6 +28,7 @@ class MeanPool(MILModel):
         return MILOutput(logits=self.classifier(h.mean(dim=0)), attention=instance_logits[:, -1])
 
 
+@register("maxpool")
 class MaxPool(MILModel):
     """Element-wise max of instance embeddings; an instance's score is how many dimensions it wins."""
 

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.registry import register
 
 
+@register("rrt")
 class RRTMIL(MILModel):
     """Regional MSA + cross-region MSA re-embedding, then gated-attention pooling."""
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidesnake.models.mil.base import MILModel, MILOutput
+from slidesnake.models.registry import register
 
 
 class NystromAttention(nn.Module):
@@ -73,6 +74,7 @@ class PPEG(nn.Module):
         return torch.cat([cls, g.flatten(2)[0].T])
 
 
+@register("transmil")
 class TransMIL(MILModel):
     """Class token + 2 Nystrom transformer layers with PPEG between them."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from slidesnake.errors import ConfigError
 from slidesnake.sheet import read_sheet
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ KINDS = ("classification", "multilabel", "survival")
 SOURCES = ("sheet", "clinical", "mutations")
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(ConfigError):
     """A task entry in the config is inconsistent; the message names the task and key."""
 
 
