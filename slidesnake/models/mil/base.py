@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from slidesnake.errors import InputError
 
-class MissingCoordsError(ValueError):
+
+class MissingCoordsError(InputError):
     """A model that builds a spatial structure (graph, grid) was given no coordinates."""
 
 
@@ -46,6 +48,22 @@ class MILModel(nn.Module):
         super().__init__()
         self.in_dim = in_dim
         self.n_outputs = n_outputs
+
+    def training_bag(self, bag, max_instances: int, generator: torch.Generator):
+        """The view of ``bag`` one training step sees: a random ``max_instances`` subset (memory bound).
+
+        Models whose structure depends on the whole bag (graphs, grids) override this.
+        """
+        from slidesnake.train.data import subsample  # placeholder until Bag/subsample move into this module
+
+        return subsample(bag, max_instances, generator)
+
+    def init_from_first_stage(self, first_stage: MILModel, train_bags: list) -> None:
+        """Initialise from the same fold's trained first-stage model (two-stage models override this)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no first stage; register it with first_stage=... and override "
+            "init_from_first_stage to use the first-stage model"
+        )
 
 
 def embed(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
