@@ -69,7 +69,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from slidesnake.tissue.patching import patch_slide, read_coords
+    from slidesnake.io.coords import read_coords
+    from slidesnake.tissue.patching import patch_slide
 
     n = patch_slide(
         args.tissue,

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -30,7 +29,9 @@ from slidesnake.errors import InputError
 from slidesnake.features.device import select_device
 from slidesnake.hierarchy import CHILDREN_PER_SIDE
 from slidesnake.io.atomic import atomic_path
-from slidesnake.io.slide import ReadPlan, open_slide, read_patch, read_plan, slide_info
+from slidesnake.io.checkpoint import load_checkpoint
+from slidesnake.io.coords import plan_from_attrs, read_attrs
+from slidesnake.io.slide import ReadPlan, open_slide, read_patch
 from slidesnake.models.mil import MODELS, build_model
 from slidesnake.train.data import load_bag
 
@@ -62,8 +63,14 @@ def attention_scores(
     pooling do). The hierarchical model reads ``hierarchy_h5`` and scores each 5x parent, returned
     at its parent coords. An empty bag gives empty arrays without running the model.
     """
-    checkpoint = torch.load(model_pt, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(model_pt, _features_identity(features_h5))
     return _scores(checkpoint, model_pt, features_h5, hierarchy_h5, device)
+
+
+def _features_identity(features_h5: str | os.PathLike) -> dict[str, Any]:
+    """The encoder and magnification a features h5 records: the model must have been trained on the same."""
+    attrs = read_attrs(features_h5)
+    return {"encoder": attrs.get("encoder"), "magnification": attrs.get("magnification")}
 
 
 def _is_hierarchical(checkpoint: Mapping[str, Any]) -> bool:
@@ -129,7 +136,7 @@ def slide_heatmaps(
     the 20x features file the hierarchy was built from, and the scored regions are its 5x parents
     (magnification / 4, the hierarchy's ``patch_size_level0_5x``).
     """
-    checkpoint = torch.load(model_pt, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(model_pt, _features_identity(features_h5))
     coords, scores = _scores(checkpoint, model_pt, features_h5, hierarchy_h5, device)
     attrs = _h5_attrs(features_h5)
     if _is_hierarchical(checkpoint) and len(coords):
@@ -148,8 +155,7 @@ def slide_heatmaps(
 
 
 def _h5_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    with h5py.File(path, "r") as f:
-        return dict(f.attrs)
+    return read_attrs(path)
 
 
 def percentile_scores(scores: np.ndarray) -> np.ndarray:
@@ -262,13 +268,7 @@ def plan_for_features(
         attrs, where = dict(source), "the patch attributes"
     else:
         attrs, where = _h5_attrs(source), os.fspath(source)
-    missing = [key for key in ("magnification", "patch_size") if key not in attrs]
-    if missing:
-        raise HeatmapInputError(
-            f"{where} lacks attribute(s) {missing}; pass the 20x/5x features h5 written by extract_features"
-        )
-    info = slide_info(slide_path, fallback_mpp=fallback_mpp)
-    return read_plan(info, float(attrs["magnification"]), int(attrs["patch_size"]), bool(attrs.get("upsample", False)))
+    return plan_from_attrs(slide_path, attrs, where, fallback_mpp, error=HeatmapInputError)
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:

@@ -32,8 +32,8 @@ from slidesnake.errors import InputError
 from slidesnake.features.device import inference_context, select_device
 from slidesnake.features.encoders import REGISTRY, Encoder, EncoderSpec, load_encoder, resize_patch
 from slidesnake.io.atomic import atomic_path
-from slidesnake.io.slide import ReadPlan, open_slide, read_patch, read_plan, slide_info
-from slidesnake.tissue.patching import read_coords
+from slidesnake.io.coords import plan_from_attrs, read_coords
+from slidesnake.io.slide import ReadPlan, open_slide, read_patch
 
 __all__ = [
     "CoordsMismatchError",
@@ -278,18 +278,9 @@ def _on_device(encoder: str | Encoder, device: torch.device) -> Encoder:
 
 def _plan_for(slide_path, coords_h5, attrs: dict[str, Any], fallback_mpp: float | None) -> ReadPlan:
     """Read plan from the slide and the coords file's magnification, checked against its level-0 size."""
-    for key in ("magnification", "patch_size", "patch_size_level0"):
-        if key not in attrs:
-            raise CoordsMismatchError(f"{coords_h5}: attribute '{key}' missing; rerun patching for this slide")
-    info = slide_info(slide_path, fallback_mpp=fallback_mpp)
-    plan = read_plan(info, float(attrs["magnification"]), int(attrs["patch_size"]), bool(attrs.get("upsample", False)))
-    if plan.patch_size_level0 != int(attrs["patch_size_level0"]):
-        raise CoordsMismatchError(
-            f"{coords_h5}: patch_size_level0={attrs['patch_size_level0']} but slide {slide_path} "
-            f"({info.mpp:.4g} µm/px from {info.mpp_source}) gives {plan.patch_size_level0} at "
-            f"{attrs['magnification']}x; the coords belong to another slide or mpp — rerun patching"
-        )
-    return plan
+    if "patch_size_level0" not in attrs:
+        raise CoordsMismatchError(f"{coords_h5}: attribute 'patch_size_level0' missing; rerun patching for this slide")
+    return plan_from_attrs(slide_path, attrs, os.fspath(coords_h5), fallback_mpp, error=CoordsMismatchError)
 
 
 def _run(

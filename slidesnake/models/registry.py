@@ -114,6 +114,13 @@ def build(name: str, in_dim: int, n_outputs: int, **kwargs: Any) -> Any:
     return get(name).build(in_dim, n_outputs, **kwargs)
 
 
+def from_checkpoint(record: dict[str, Any]) -> Any:
+    """The model of a checkpoint record (io/checkpoint.py ``load_checkpoint``) with its weights, in eval mode."""
+    model = build(record["model"], int(record["in_dim"]), int(record["n_outputs"]), **record["model_kwargs"])
+    model.load_state_dict(record["state_dict"])
+    return model.eval()
+
+
 def check_task_kind(name: str, kind: str) -> None:
     """Refuse a model on a task kind it does not declare, naming the config keys to change."""
     entry = get(name)

@@ -12,10 +12,10 @@ import logging
 import os
 from typing import Any
 
-import h5py
 import numpy as np
 
 from slidesnake.io.atomic import write_h5
+from slidesnake.io.coords import CoordsFileError, read_coords  # noqa: F401 (re-exported: callers import them here)
 from slidesnake.io.slide import (
     ResolutionError,
     SlideError,
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 FRACTION_SAMPLES = 8  # tissue fraction is measured on an 8×8 lattice of points per cell
 _MAX_CROSSING_CELLS = 4_000_000  # rows × edges per chunk of the scanline test
-
-
-class CoordsFileError(ValueError):
-    """A coords h5 lacks the ``coords`` dataset or has the wrong shape."""
 
 
 def points_in_polygon(polygon: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -185,16 +181,6 @@ def patch_slide(
     return len(coords)
 
 
-def read_coords(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """Coords (N, 2) int64 and the root attributes of a coords h5."""
-    with h5py.File(path, "r") as f:
-        if "coords" not in f:
-            raise CoordsFileError(f"{path}: no 'coords' dataset; rerun patching for this slide")
-        coords = np.asarray(f["coords"][()], dtype=np.int64).reshape(-1, 2)
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-    return coords, attrs
-
-
 def _info_of_record(tissue: dict, mpp: float) -> SlideInfo:
     """SlideInfo for the read plan from the record's pyramid; older records without one reopen the slide."""
     if "level_downsamples" not in tissue:
@@ -218,11 +204,3 @@ def _cell_range(values: np.ndarray, size0: int, n: int) -> tuple[int, int]:
     lo = max(0, int(np.floor(values.min() / size0)) - 1)
     hi = min(n, int(np.floor(values.max() / size0)) + 2)
     return lo, hi
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from slidesnake.errors import InputError
+from slidesnake.io.coords import plain
 
 
 class BagFileError(InputError):
@@ -38,8 +39,12 @@ class Bag:
         )
 
 
-def load_bag(path: str, input_kind: str = "flat") -> Bag:
-    """Read a features h5 (``flat``) or hierarchy h5 (``hierarchy``) into a :class:`Bag` (may be empty)."""
+def load_bag(path: str, input_kind: str = "flat", coords: bool = True) -> Bag:
+    """Read a features h5 (``flat``) or hierarchy h5 (``hierarchy``) into a :class:`Bag` (may be empty).
+
+    ``coords=False`` leaves the coordinates out (models that do not declare the ``coords`` input); a
+    hierarchy's mask is always read.
+    """
     with h5py.File(path, "r") as f:
         if "features" not in f:
             raise BagFileError(f"{path} has no 'features' dataset; rerun the features/hierarchy rule")
@@ -50,17 +55,23 @@ def load_bag(path: str, input_kind: str = "flat") -> Bag:
                     raise BagFileError(f"{path} has no {key!r} dataset; is it a hierarchy (hier_5x_20x) file?")
             return Bag(
                 features,
-                torch.from_numpy(np.asarray(f["parent_coords"], dtype=np.int64)),
+                torch.from_numpy(np.asarray(f["parent_coords"], dtype=np.int64)) if coords else None,
                 torch.from_numpy(np.asarray(f["mask"], dtype=bool)),
             )
-        coords = torch.from_numpy(np.asarray(f["coords"], dtype=np.int64)) if "coords" in f else None
-    return Bag(features, coords)
+        xy = torch.from_numpy(np.asarray(f["coords"], dtype=np.int64)) if coords and "coords" in f else None
+    return Bag(features, xy)
 
 
 def feature_dim(path: str) -> int:
     """The feature dimension D of a features or hierarchy h5, read from its dataset shape."""
     with h5py.File(path, "r") as f:
         return int(f["features"].shape[-1])
+
+
+def bag_attrs(path: str) -> dict:
+    """What a features h5 says it holds: its ``encoder`` and ``magnification`` attrs, when recorded."""
+    with h5py.File(path, "r") as f:
+        return {key: plain(f.attrs[key]) for key in ("encoder", "magnification") if key in f.attrs}
 
 
 def bag_length(path: str) -> int:

@@ -1,14 +1,18 @@
-"""Train one MIL model on one fold: AdamW, class weighting, early stopping and checkpoint choice on val only.
+"""Train one MIL model on one fold: AdamW, class balancing, early stopping and checkpoint choice on val only.
 
 The test split is touched once, after training, to write predictions; it never influences which
-epoch is kept (the leakage PathGene's code has, selecting checkpoints on the test fold).
+epoch is kept (the leakage PathGene's code has, selecting checkpoints on the test fold). The loop
+loads exactly the inputs the model's registry entry declares, and logs one line per epoch (losses,
+metric, seconds, ETA) so that progress is readable in the job's log file.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from slidesnake.errors import InputError
+from slidesnake.errors import ConfigError, InputError
 from slidesnake.evaluate.metrics import target_array, task_metrics
 from slidesnake.features.device import select_device
-from slidesnake.io.atomic import atomic_path, write_csv, write_parquet
-from slidesnake.models.mil import MODELS, MILModel, build_model
+from slidesnake.io.atomic import write_csv, write_parquet
+from slidesnake.io.checkpoint import load_checkpoint, save_checkpoint
+from slidesnake.models import registry
+from slidesnake.models.mil import MILModel
 from slidesnake.tasks import Task, class_names
-from slidesnake.train.data import Bag, bag_length, feature_dim, load_bag, subsample
+from slidesnake.train.data import Bag, bag_attrs, bag_length, feature_dim, load_bag
 from slidesnake.train.losses import (
     class_weights,
     positive_weights,
@@ -37,6 +43,9 @@ from slidesnake.train.losses import (
 log = logging.getLogger(__name__)
 
 PRIMARY_METRIC = {"classification": "auc", "multilabel": "mean_auc", "survival": "c_index"}
+BALANCE = ("weight", "sample", "none")
+# inputs the bag loop reads; text inputs belong to the vision-language rules
+BAG_INPUTS = ("features", "coords", "hierarchy")
 
 
 class TrainingDataError(InputError):
@@ -47,9 +56,12 @@ class TrainingDataError(InputError):
 class TrainParams:
     """Training hyper-parameters (issue 6 defaults: AdamW, lr 1e-4, wd 1e-5, dropout 0.25).
 
-    max_instances caps a training bag (random subset per step); cache_mb bounds the bags kept in memory
-    between epochs; num_threads > 0 caps torch CPU threads (match the rule's ``threads:``; 0 = torch
-    default); model_kwargs go to the model constructor (hidden sizes, heads, ...).
+    max_instances caps a training bag (the model's ``training_bag`` view per step); balance counters
+    class imbalance (config ``training.balance``): "weight" multiplies each bag's loss by its class's
+    inverse-frequency weight (BCE pos_weight for mutations), "sample" draws training bags with
+    class-balanced probabilities instead, "none" does neither; survival tasks are never balanced.
+    cache_mb bounds the bags kept in memory between epochs; num_threads > 0 caps torch CPU threads
+    (match the rule's ``threads:``; 0 = torch default); model_kwargs go to the model constructor.
     """
 
     epochs: int = 50
@@ -59,7 +71,7 @@ class TrainParams:
     dropout: float = 0.25
     seed: int = 1
     max_instances: int = 8192
-    class_weighting: bool = True
+    balance: str = "weight"
     device: str = "auto"
     cache_mb: int = 2048
     num_threads: int = 0
@@ -76,8 +88,8 @@ def seed_everything(seed: int) -> None:
 class _BagStore:
     """Loads bags on demand and keeps them while the total stays under a memory budget."""
 
-    def __init__(self, paths: dict[str, str], input_kind: str, cache_mb: int) -> None:
-        self.paths, self.input_kind = paths, input_kind
+    def __init__(self, paths: dict[str, str], input_kind: str, cache_mb: int, coords: bool = True) -> None:
+        self.paths, self.input_kind, self.coords = paths, input_kind, coords
         self.budget = cache_mb * 2**20
         self.used = 0
         self.cache: dict[str, Bag] = {}
@@ -85,7 +97,7 @@ class _BagStore:
     def __getitem__(self, slide_id: str) -> Bag:
         if slide_id in self.cache:
             return self.cache[slide_id]
-        bag = load_bag(self.paths[slide_id], self.input_kind)
+        bag = load_bag(self.paths[slide_id], self.input_kind, coords=self.coords)
         size = bag.features.element_size() * bag.features.nelement()
         if self.used + size <= self.budget:
             self.cache[slide_id] = bag
@@ -162,6 +174,53 @@ def _evaluate(
     return (float(np.mean(losses)) if losses else float("nan")), np.stack(scores) if scores else np.zeros((0,))
 
 
+def _loss_weight(task: Task, balance: str, train: pd.DataFrame, n_outputs: int) -> torch.Tensor | None:
+    """Class weights (classification) or BCE pos_weight (multilabel) when ``balance`` is "weight"."""
+    if balance != "weight":
+        return None
+    if task.kind == "classification":
+        return class_weights(train["target"].to_numpy(), n_outputs)
+    if task.kind == "multilabel":
+        return positive_weights(train[task.target_columns].to_numpy())
+    return None
+
+
+def _draw_weights(task: Task, balance: str, train: pd.DataFrame) -> np.ndarray | None:
+    """Per-slide draw probabilities for class-balanced sampling (each class drawn equally often), or None."""
+    if balance != "sample":
+        return None
+    if task.kind != "classification":
+        log.warning(
+            "training.balance: sample is defined for single-label classification; the %s task is not balanced",
+            task.kind,
+        )
+        return None
+    target = train["target"].to_numpy(int)
+    p = 1.0 / np.bincount(target)[target]
+    return p / p.sum()
+
+
+def _log_epoch(
+    model_name: str, fold: int, epoch: int, epochs: int, row: dict, metric: str, epoch_start: float, started: float
+) -> None:
+    """One progress line per epoch (visible in results/logs even when tqdm is off); the ETA assumes all epochs run."""
+    now = time.perf_counter()
+    eta = (now - started) / (epoch + 1) * (epochs - epoch - 1)
+    log.info(
+        "%s fold %d epoch %d/%d: train loss %.4f, val loss %.4f, val %s %.4f, %.1f s, ETA %.0f s",
+        model_name,
+        fold,
+        epoch + 1,
+        epochs,
+        row["train_loss"],
+        row["val_loss"],
+        metric,
+        row[f"val_{metric}"],
+        now - epoch_start,
+        eta,
+    )
+
+
 def _score_columns(task: Task, classes: list[str]) -> list[str]:
     if task.kind == "classification":
         return [f"prob_{c}" for c in classes]
@@ -180,17 +239,34 @@ def train_fold(
     params: TrainParams,
     out_dir: str,
     hierarchy: dict[str, str] | None = None,
+    first_stage: str | None = None,
 ) -> None:
     """Train ``model_name`` on fold ``fold`` and write model.pt, history.csv, predictions.parquet to ``out_dir``.
 
     The kept checkpoint is the epoch with the lowest validation loss; training stops after
-    ``params.patience`` epochs without improvement. Slides without patches are skipped.
+    ``params.patience`` epochs without improvement. Slides without patches are skipped. A two-stage
+    model (registry ``first_stage``) gets the same fold's first-stage model.pt as ``first_stage``;
+    it is loaded and handed to ``model.init_from_first_stage`` with the full training bags before
+    the first epoch.
     """
+    entry = registry.get(model_name)
+    registry.check_task_kind(model_name, task.kind)
+    if params.balance not in BALANCE:
+        raise ConfigError(f"training.balance is {params.balance!r}; use one of {BALANCE}")
+    unsupported = sorted(set(entry.inputs) - set(BAG_INPUTS))
+    if unsupported:
+        raise TrainingDataError(
+            f"model {model_name} needs inputs {unsupported}, which the bag training loop does not load"
+        )
+    if entry.first_stage and first_stage is None:
+        raise TrainingDataError(
+            f"model {model_name} starts from a trained {entry.first_stage} of the same fold; pass its model.pt as first_stage"
+        )
     seed_everything(params.seed)
     if params.num_threads > 0:
         torch.set_num_threads(params.num_threads)
     device = select_device(params.device)
-    input_kind = MODELS[model_name].input_kind if model_name in MODELS else "flat"
+    input_kind = "hierarchy" if "hierarchy" in entry.inputs else "flat"
     paths = hierarchy if input_kind == "hierarchy" else features
     if paths is None:
         raise TrainingDataError(f"model {model_name} needs hierarchy (hier_5x_20x) files; none were given")
@@ -213,28 +289,40 @@ def train_fold(
         "survival": (0 if edges is None else len(edges) + 1),
     }[task.kind]
     targets = _targets(task, table, edges)
-    weight = None
-    if params.class_weighting and task.kind == "classification":
-        weight = class_weights(parts["train"]["target"].to_numpy(), n_outputs).to(device)
-    elif params.class_weighting and task.kind == "multilabel":
-        weight = positive_weights(parts["train"][task.target_columns].to_numpy()).to(device)
+    weight = _loss_weight(task, params.balance, parts["train"], n_outputs)
+    weight = None if weight is None else weight.to(device)
+    draw = _draw_weights(task, params.balance, parts["train"])
 
-    in_dim = feature_dim(paths[table["slide_id"].iloc[0]])
+    first_id = table["slide_id"].iloc[0]
+    in_dim = feature_dim(paths[first_id])
+    identity = bag_attrs(features.get(first_id, paths[first_id]))  # encoder, magnification of the features
     model_kwargs = {"dropout": params.dropout, **params.model_kwargs}
-    model = build_model(model_name, in_dim, n_outputs, **model_kwargs).to(device)
+    model = entry.build(in_dim, n_outputs, **model_kwargs).to(device)
+    store = _BagStore(paths, input_kind, params.cache_mb, coords="coords" in entry.inputs)
+    if entry.first_stage:
+        record = load_checkpoint(first_stage, {"model": entry.first_stage, "in_dim": in_dim})
+        first_model = registry.from_checkpoint(record).to(device)
+        train_bags = [store[s].to(device) for s in parts["train"]["slide_id"]]
+        model.init_from_first_stage(first_model, train_bags)
+        del first_model, train_bags
+        log.info("%s initialised from the first-stage %s checkpoint %s", model_name, entry.first_stage, first_stage)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    store = _BagStore(paths, input_kind, params.cache_mb)
     generator = torch.Generator().manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     metrics_fn = task_metrics(task)
     metric_name = PRIMARY_METRIC[task.kind]
+    train_ids = parts["train"]["slide_id"].to_numpy()
 
     history, best_loss, best_state, best_epoch, stale = [], float("inf"), None, -1, 0
+    started = time.perf_counter()
     for epoch in tqdm(range(params.epochs), desc=f"{model_name} fold {fold}", disable=None):
+        epoch_start = time.perf_counter()
         model.train()
         train_losses = []
-        for slide_id in parts["train"]["slide_id"].to_numpy()[rng.permutation(len(parts["train"]))]:
-            bag = subsample(store[slide_id], params.max_instances, generator).to(device)
+        n = len(train_ids)
+        order = rng.permutation(n) if draw is None else rng.choice(n, n, p=draw)
+        for slide_id in train_ids[order]:
+            bag = model.training_bag(store[slide_id], params.max_instances, generator).to(device)
             loss, _ = _forward_loss(model, task, bag, targets[slide_id].to(device), weight)
             optimizer.zero_grad()
             loss.backward()
@@ -252,13 +340,18 @@ def train_fold(
                 f"val_{metric_name}": val_metric,
             }
         )
-        if parts["val"].empty or val_loss < best_loss:
+        _log_epoch(model_name, fold, epoch, params.epochs, history[-1], metric_name, epoch_start, started)
+        if parts["val"].empty or (not math.isnan(val_loss) and val_loss < best_loss):
             best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
             if stale >= params.patience:
                 log.info("early stop at epoch %d (best val loss %.4f at epoch %d)", epoch, best_loss, best_epoch)
                 break
+    if best_state is None:
+        # every validation loss was NaN (a diverged model, or no finite loss on val): keep the last epoch, say so
+        log.warning("fold %d: validation loss was NaN in every epoch; keeping the last epoch (%d)", fold, epoch)
+        best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
     model.load_state_dict(best_state)
 
     rows = []
@@ -282,8 +375,10 @@ def train_fold(
 
     out = Path(out_dir)
     checkpoint = {
-        "state_dict": {k: v.cpu() for k, v in best_state.items()},
+        "state_dict": best_state,
         "model": model_name,
+        "encoder": identity.get("encoder"),
+        "magnification": identity.get("magnification"),
         "in_dim": in_dim,
         "n_outputs": n_outputs,
         "model_kwargs": model_kwargs,
@@ -293,8 +388,7 @@ def train_fold(
         "best_epoch": best_epoch,
         "params": asdict(params),
     }
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(checkpoint, tmp)
+    save_checkpoint(out / "model.pt", checkpoint)
     write_csv(out / "history.csv", pd.DataFrame(history))
     write_parquet(out / "predictions.parquet", predictions)
     log.info(

@@ -1,8 +1,8 @@
 """Task losses: weighted cross-entropy, BCE for mutations, discrete-time survival NLL.
 
 Class weights counter the imbalance of small cohorts (a model that predicts the majority class
-otherwise wins on loss); survival uses the per-bag discrete-time NLL because MIL trains one bag
-per step and a Cox partial likelihood needs many.
+otherwise wins on loss) and multiply each bag's loss. Survival uses the per-bag discrete-time NLL
+because MIL trains one bag per step and a Cox partial likelihood needs many.
 """
 
 from __future__ import annotations
@@ -60,12 +60,22 @@ def survival_risk(logits: torch.Tensor) -> torch.Tensor:
     return -torch.cumprod(1 - torch.sigmoid(logits), dim=-1).sum(dim=-1)
 
 
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean over rows of weight[y] * CE(logits, y), not renormalised by the summed weight.
+
+    ``F.cross_entropy(weight=...)`` divides by the batch's summed weight, so with one bag per step
+    (MIL) the weight cancels exactly and class weighting does nothing; here it scales each bag's loss.
+    """
+    loss = F.cross_entropy(logits, target, reduction="none")
+    return (loss if weight is None else loss * weight[target]).mean()
+
+
 def task_loss(
     kind: str, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Loss of slide logits (B, C) against targets: class index, binary vector, or (bin, event)."""
     if kind == "classification":
-        return F.cross_entropy(logits, target.long().view(-1).expand(logits.shape[0]), weight=weight)
+        return weighted_cross_entropy(logits, target.long().view(-1).expand(logits.shape[0]), weight)
     if kind == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, target.float().expand_as(logits), pos_weight=weight)
     target = target.view(-1, 2).expand(logits.shape[0], 2)
