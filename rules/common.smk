@@ -2,6 +2,8 @@
 
 import os
 
+import yaml
+
 from slidesnake.naming import encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
 
@@ -28,6 +30,16 @@ if TRAIN_ENCODER not in ENCODERS:
         f"{list(ENCODERS.values())}: training reads the features of one of those encoders"
     )
 TASKS = config["tasks"]
+
+
+def registered_models():
+    """The registered model names as the packaged schema lists them (tests/test_registry.py keeps the enum
+    equal to slidesnake/models/registry.py); read from the YAML so that parsing does not import torch."""
+    with open(os.path.join(workflow.basedir, "slidesnake", "schema.yaml")) as f:
+        schema = yaml.safe_load(f)
+    return schema["properties"]["training"]["properties"]["models"]["items"]["enum"]
+
+
 FEATURES = config["features"]
 HIERARCHY = 5 in MAGS and 20 in MAGS
 
@@ -38,6 +50,7 @@ wildcard_constraints:
     mag="5|20",
     encoder="|".join(ENCODERS) or "NONE",
     task="|".join(TASKS) or "NONE",
+    model="|".join(registered_models()),
     fold=r"\d+",
 
 
@@ -152,11 +165,20 @@ def split_inputs(wildcards):
 
 
 def train_inputs(wildcards):
-    return {
+    """Splits, bag index, labels; a two-stage model (registry first_stage) also the same fold's first-stage model."""
+    inputs = {
         "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
         "bags": bag_index(wildcards.encoder),
         **split_inputs(wildcards),
     }
+    from slidesnake.models import registry  # imports torch: only when a train job is in the DAG
+
+    first_stage = registry.get(wildcards.model).first_stage
+    if first_stage:
+        inputs["first_stage"] = (
+            f"results/{COHORT}/models/{wildcards.task}/{first_stage}/{wildcards.encoder}/fold{wildcards.fold}/model.pt"
+        )
+    return inputs
 
 
 def fold_predictions(wildcards):

@@ -18,6 +18,7 @@ rule evaluate:
         task=task_config,
         bootstrap=EVALUATION["bootstrap"],
         seed=EVALUATION["seed"],
+        unit=EVALUATION["unit"],
     log:
         "results/logs/{cohort}/evaluate/{task}/{model}/{encoder}.log",
     conda:

@@ -2,7 +2,9 @@
 
 TRAIN_PARAMS = {
     key: TRAIN[key]
-    for key in sorted(("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device"))
+    for key in sorted(
+        ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "balance", "device")
+    )
 }
 
 

@@ -175,13 +175,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = TrainParams(
         **{
             k: training[k]
-            for k in ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "device")
+            for k in (
+                "epochs",
+                "patience",
+                "lr",
+                "weight_decay",
+                "dropout",
+                "seed",
+                "max_instances",
+                "balance",
+                "device",
+            )
         }
     )
     features = {p.stem: str(p) for p in sorted(Path(args.features).glob("*.h5"))}
     hierarchy = {p.stem: str(p) for p in sorted(Path(args.hierarchy).glob("*.h5"))} if args.hierarchy else None
     folds = pd.read_csv(args.folds, dtype={"slide_id": str, "case_id": str})
-    train_fold(task, args.model, features, labels, folds, args.fold, params, args.out, hierarchy=hierarchy)
+    train_fold(
+        task,
+        args.model,
+        features,
+        labels,
+        folds,
+        args.fold,
+        params,
+        args.out,
+        hierarchy=hierarchy,
+        first_stage=args.first_stage,
+    )
     print(f"trained {args.model} on {task.name} fold {args.fold} -> {args.out}")
     return 0
 
@@ -194,7 +215,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config, task_cfg = _task_config(args)
     task = task_from_config(args.task, task_cfg)
     metrics = evaluate_predictions(
-        task, args.predictions, n_bootstrap=config["evaluation"]["bootstrap"], seed=config["evaluation"]["seed"]
+        task,
+        args.predictions,
+        n_bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["evaluation"]["seed"],
+        unit=config["evaluation"]["unit"],
     )
     write_csv(args.out, metrics)
     print(metrics.to_string(index=False))
@@ -281,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="abmil")
     p.add_argument("--features", required=True, help="folder of per-slide features h5")
     p.add_argument("--hierarchy", help="folder of per-slide hierarchical h5 (hierarchical models)")
+    p.add_argument("--first-stage", help="the same fold's first-stage model.pt (two-stage models: mhim, ibmil)")
     p.add_argument("--folds", required=True, help="folds.csv from `slidesnake splits`")
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--out", required=True, help="output folder (model.pt, history.csv, predictions.parquet)")

@@ -28,9 +28,9 @@ from slidesnake.io.atomic import write_h5
 from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info
 from slidesnake.io.svs import write_svs
 from slidesnake.models.mil import build_model
+from slidesnake.tasks import task_from_config, task_labels
 from slidesnake.train.loop import TrainParams, train_fold
 from slidesnake.train.splits import make_splits
-from slidesnake.tasks import task_from_config, task_labels
 
 torch.set_num_threads(1)
 

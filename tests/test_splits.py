@@ -1,5 +1,6 @@
 """make_splits: patient grouping, every patient tested once, stratification, determinism."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,3 +49,42 @@ def test_unlabelled_sheet_gives_unstratified_folds_and_too_few_patients_fails():
     assert (folds[folds["split"] == "test"].groupby("fold")["case_id"].nunique() == 4).all()
     with pytest.raises(SplitError, match="k=5"):
         make_splits(_sheet(n_patients=3), k=5)
+
+
+def _patients_per_fold(folds: pd.DataFrame, table: pd.DataFrame, column: str) -> np.ndarray:
+    test = (
+        folds[folds["split"] == "test"]
+        .drop_duplicates("case_id")
+        .merge(table.drop_duplicates("case_id")[["case_id", column]], on="case_id")
+    )
+    return test.groupby("fold")[column].sum().to_numpy()
+
+
+def test_multilabel_folds_balance_every_gene_by_iterative_stratification():
+    rng = np.random.default_rng(0)
+    n = 40
+    genes = {"target_TP53": rng.random(n) < 0.5, "target_KRAS": rng.random(n) < 0.2, "target_ALK": np.arange(n) < 5}
+    table = pd.DataFrame({"slide_id": [f"s{i}" for i in range(n)], "case_id": [f"p{i}" for i in range(n)]})
+    table = table.assign(**{g: v.astype(int) for g, v in genes.items()})
+    folds = make_splits(table, k=5, val_fraction=0.25, seed=0)
+    for gene, values in genes.items():
+        per_fold = _patients_per_fold(folds, table, gene)
+        assert per_fold.sum() == values.sum() and per_fold.max() - per_fold.min() <= 1, (gene, per_fold)
+    assert (folds.groupby(["fold", "case_id"])["split"].nunique() == 1).all()
+    val = folds[folds["split"] == "val"]
+    assert val.groupby("fold")["case_id"].nunique().between(6, 10).all()  # ~ 32 / 4 of the non-test patients
+    # the rare gene (5 carriers) reaches 5 different test folds, not by luck
+    assert (_patients_per_fold(folds, table, "target_ALK") == 1).all()
+
+
+def test_survival_folds_are_stratified_by_event_and_time_quantile():
+    n = 40
+    time = np.arange(n, dtype=float) * 10
+    event = (np.arange(n) % 4 == 0).astype(int)  # 10 events, spread over time
+    table = pd.DataFrame(
+        {"slide_id": [f"s{i}" for i in range(n)], "case_id": [f"p{i}" for i in range(n)], "time": time, "event": event}
+    )
+    folds = make_splits(table, k=5, val_fraction=0.2, seed=0)
+    assert set(_patients_per_fold(folds, table, "event")) == {2}
+    table["late"] = (time >= np.median(time)).astype(int)
+    assert set(_patients_per_fold(folds, table, "late")) == {4}  # 20 late patients, 4 per test fold

@@ -7,9 +7,9 @@ import torch
 from _mil_fixtures import write_cohort
 
 from slidesnake.evaluate.metrics import evaluate_predictions
+from slidesnake.tasks import Task, task_from_config, task_labels
 from slidesnake.train.loop import TrainParams, train_fold
 from slidesnake.train.splits import make_splits
-from slidesnake.tasks import Task, task_from_config, task_labels
 
 torch.set_num_threads(1)  # tiny bags: thread start-up costs more than it saves on a shared CPU
 FAST = dict(epochs=15, patience=6, lr=1e-3, model_kwargs={"hidden": 64, "attn_dim": 32})

@@ -1,7 +1,9 @@
 """Patient-level, stratified k-fold splits with a validation set carved from each fold's training part.
 
 A patient's slides never straddle train/val/test (slide-level splits leak patient identity), and the
-validation set exists so that model selection never looks at the test fold (DESIGN §3).
+validation set exists so that model selection never looks at the test fold (DESIGN §3). Folds are
+stratified for every task kind: by class, by gene vector (iterative stratification, Sechidis et al.
+2011, for mutations) and by event × time-quantile strata for survival.
 """
 
 from __future__ import annotations
@@ -31,15 +33,22 @@ def make_splits(
     """Assign every slide to train/val/test in each of ``k`` folds, grouped and stratified by patient.
 
     Returns a long table (slide_id, case_id, fold, split) with k rows per slide; every patient is in
-    test exactly once. A patient's stratum is its most frequent slide label; without ``label_column``
-    in ``slides`` (e.g. survival) the folds are unstratified.
+    test exactly once. The strata follow the columns of ``slides`` (a task's label table): a patient's
+    most frequent ``label_column``; else its gene vector (``target_<gene>`` columns, iterative
+    stratification); else event × time quantile (``time`` and ``event``); else unstratified.
     """
     for column in ("slide_id", "case_id"):
         if column not in slides.columns:
             raise SplitError(f"slide sheet has no {column!r} column; splits need slide_id and case_id")
-    patients = _patient_strata(slides, label_column)
+    genes = [c for c in slides.columns if c.startswith("target_")]
+    if label_column not in slides.columns and genes:
+        return _multilabel_splits(slides, genes, k, val_fraction, seed)
+    if label_column not in slides.columns and {"time", "event"} <= set(slides.columns):
+        patients = _survival_strata(slides, k)
+    else:
+        patients = _patient_strata(slides, label_column)
     if len(patients) < k:
-        raise SplitError(f"{len(patients)} patients cannot fill k={k} test folds; lower train.folds")
+        raise SplitError(f"{len(patients)} patients cannot fill k={k} test folds; lower training.folds")
     rng = np.random.default_rng(seed)
     case_ids = patients.index.to_numpy()
     strata = patients.to_numpy()
@@ -47,9 +56,16 @@ def make_splits(
     splitter = (
         StratifiedKFold(k, shuffle=True, random_state=seed) if stratified else KFold(k, shuffle=True, random_state=seed)
     )
+    assignments = []
+    for rest_idx, test_idx in splitter.split(case_ids, strata if stratified else None):
+        assignments.append((rest_idx, _pick_val(rest_idx, strata, val_fraction, rng), test_idx))
+    return _long_table(slides, case_ids, assignments, "stratified" if stratified else "unstratified")
+
+
+def _long_table(slides: pd.DataFrame, case_ids: np.ndarray, assignments: list, how: str) -> pd.DataFrame:
+    """(slide_id, case_id, fold, split) rows from per-fold (rest, val, test) patient index arrays."""
     rows = []
-    for fold, (rest_idx, test_idx) in enumerate(splitter.split(case_ids, strata if stratified else None)):
-        val_idx = _pick_val(rest_idx, strata, val_fraction, rng)
+    for fold, (rest_idx, val_idx, test_idx) in enumerate(assignments):
         split = {c: "train" for c in case_ids[rest_idx]}
         split.update({c: "val" for c in case_ids[val_idx]})
         split.update({c: "test" for c in case_ids[test_idx]})
@@ -58,14 +74,68 @@ def make_splits(
         part["split"] = part["case_id"].map(split)
         rows.append(part)
     out = pd.concat(rows, ignore_index=True)
-    log.info(
-        "made %d %s folds over %d patients, %d slides",
-        k,
-        "stratified" if stratified else "unstratified",
-        len(case_ids),
-        len(slides),
-    )
+    log.info("made %d %s folds over %d patients, %d slides", len(assignments), how, len(case_ids), len(slides))
     return out
+
+
+def _survival_strata(slides: pd.DataFrame, k: int) -> pd.Series:
+    """Event × time-quantile stratum per patient, with as many time quantiles (≤ 4) as keep each
+    stratum at ≥ k patients (1 quantile: event status only)."""
+    per_case = slides.groupby("case_id").agg(time=("time", "first"), event=("event", "max")).sort_index()
+    for n_bins in (4, 3, 2, 1):
+        bins = pd.qcut(per_case["time"].rank(method="first"), n_bins, labels=False) if n_bins > 1 else 0
+        strata = per_case["event"].astype(int).astype(str) + "_" + pd.Series(bins, index=per_case.index).astype(str)
+        if strata.value_counts().min() >= k:
+            return strata
+    return strata
+
+
+def iterative_stratification(y: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Fold index per row of a binary label matrix ``y`` (n, L), balancing every label's positives.
+
+    Sechidis, Tsoumakas & Vlahavas (2011): repeatedly take the label with the fewest remaining
+    positives and give each of its rows to the fold that most lacks that label (ties: the fold that
+    most lacks rows, then at random); rows without any positive fill the emptiest folds.
+    """
+    y = np.asarray(y, dtype=int)
+    n = len(y)
+    want_rows = np.full(n_folds, n / n_folds)
+    want_labels = np.tile(y.sum(axis=0) / n_folds, (n_folds, 1)).astype(float)
+    folds = np.full(n, -1)
+    remaining = np.ones(n, dtype=bool)
+    while remaining.any():
+        counts = y[remaining].sum(axis=0)
+        if counts.sum() == 0:
+            rows, label = rng.permutation(np.flatnonzero(remaining)), None
+        else:
+            label = int(np.argmin(np.where(counts > 0, counts, np.iinfo(int).max)))
+            rows = rng.permutation(np.flatnonzero(remaining & (y[:, label] == 1)))
+        for i in rows:
+            need = want_rows if label is None else want_labels[:, label]
+            best = np.flatnonzero(need == need.max())
+            best = best[want_rows[best] == want_rows[best].max()]
+            f = int(rng.choice(best))
+            folds[i], remaining[i] = f, False
+            want_rows[f] -= 1
+            want_labels[f] -= y[i]
+    return folds
+
+
+def _multilabel_splits(slides: pd.DataFrame, genes: list[str], k: int, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Patient-level k folds and validation sets by iterative stratification of the gene vectors."""
+    per_case = slides.groupby("case_id")[genes].max().sort_index()
+    if len(per_case) < k:
+        raise SplitError(f"{len(per_case)} patients cannot fill k={k} test folds; lower training.folds")
+    rng = np.random.default_rng(seed)
+    y = per_case.to_numpy(int)
+    test_fold = iterative_stratification(y, k, rng)
+    n_val = max(2, int(round(1 / val_fraction))) if val_fraction > 0 else 0
+    assignments = []
+    for fold in range(k):
+        rest_idx, test_idx = np.flatnonzero(test_fold != fold), np.flatnonzero(test_fold == fold)
+        val_idx = rest_idx[iterative_stratification(y[rest_idx], n_val, rng) == 0] if n_val else rest_idx[:0]
+        assignments.append((rest_idx, val_idx, test_idx))
+    return _long_table(slides, per_case.index.to_numpy(), assignments, "iteratively stratified (genes)")
 
 
 def _patient_strata(slides: pd.DataFrame, label_column: str) -> pd.Series:

@@ -2,8 +2,8 @@
 
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
-from slidesnake.train.splits import make_splits
 from slidesnake.tasks import load_task_labels
+from slidesnake.train.splits import make_splits
 
 setup_job_logging(snakemake.log[0])
 _, labels = load_task_labels(

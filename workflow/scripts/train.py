@@ -6,8 +6,8 @@ import pandas as pd
 
 from slidesnake.features.bags import read_bag_index
 from slidesnake.joblog import setup_job_logging
-from slidesnake.train.loop import TrainParams, train_fold
 from slidesnake.tasks import load_task_labels
+from slidesnake.train.loop import TrainParams, train_fold
 
 setup_job_logging(snakemake.log[0])
 task, labels = load_task_labels(
@@ -28,4 +28,5 @@ train_fold(
     TrainParams(**snakemake.params.train, num_threads=snakemake.threads),
     str(Path(snakemake.output.model).parent),
     hierarchy=bags.hierarchy() or None,
+    first_stage=snakemake.input.get("first_stage"),
 )
