@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from slidesnake.cli import build_parser, main
+from slidesnake.errors import ComputationError, InputError
 from slidesnake.io.svs import write_svs
 
 COMMANDS = ["demo", "segment", "patch", "extract", "encoders", "link", "splits", "train", "evaluate"]
@@ -152,3 +153,29 @@ def test_splits_train_evaluate_chain(tmp_path, capsys) -> None:
         )
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    "error, code", [(InputError("bad.h5: no 'coords'; rerun patching"), 2), (ComputationError("GPU went away"), 1)]
+)
+def test_slidesnake_errors_are_one_line_on_stderr_with_their_exit_code(error, code, monkeypatch, capsys) -> None:
+    def fail(args):
+        raise error
+
+    parser = build_parser()
+    parser.set_defaults(func=fail)
+    monkeypatch.setattr("slidesnake.cli.build_parser", lambda: parser)
+    assert main(["encoders"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(error) in err and "Traceback" not in err
+
+
+def test_unknown_model_exits_two_naming_the_key(tmp_path, capsys) -> None:
+    (tmp_path / "c.yaml").write_text("cohort: c\ntasks: {t: {kind: classification, column: label}}\n")
+    (tmp_path / "s.tsv").write_text("slide_id\tcase_id\tpath\tlabel\ns1\tp1\tx.svs\ta\n")
+    args = ["train", "--config", str(tmp_path / "c.yaml"), "--task", "t", "--sheet", str(tmp_path / "s.tsv")]
+    args += ["--model", "abmill", "--features", str(tmp_path), "--folds", str(tmp_path / "f.csv"), "--fold", "0"]
+    (tmp_path / "f.csv").write_text("slide_id,case_id,fold,split\ns1,p1,0,train\n")
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "training.models" in err and "registered models: abmil" in err

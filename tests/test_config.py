@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 from conftest import REPO
 
@@ -55,3 +58,17 @@ def test_unreadable_yaml_names_the_file(tmp_path) -> None:
 )
 def test_encoder_slugs_are_path_safe(name, slug) -> None:
     assert encoder_slug(name) == slug
+
+
+def test_schema_ships_inside_the_package_and_sets_the_new_defaults() -> None:
+    import slidesnake
+    from slidesnake.config import SCHEMA_PATH
+
+    assert Path(str(SCHEMA_PATH)).parent == Path(slidesnake.__file__).parent
+    assert not (REPO / "config" / "schema.yaml").exists()  # one schema, the packaged one
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "schema.yaml" in pyproject["tool"]["setuptools"]["package-data"]["slidesnake"]
+    config = validate_config({"cohort": "x"})
+    assert config["training"]["balance"] == "weight" and config["evaluation"]["unit"] == "patient"
+    with pytest.raises(ConfigError, match="'evaluation.unit'"):
+        validate_config({"cohort": "x", "evaluation": {"unit": "case"}})

@@ -1,14 +1,20 @@
 """train_fold end to end on a synthetic cohort: learning, val-only selection, outputs, skipped empty slides."""
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from _mil_fixtures import write_cohort
 
+from slidesnake.errors import ConfigError
 from slidesnake.evaluate.metrics import evaluate_predictions
+from slidesnake.io.checkpoint import CheckpointError
+from slidesnake.models import registry
 from slidesnake.tasks import Task, task_from_config, task_labels
-from slidesnake.train.loop import TrainParams, train_fold
+from slidesnake.train import loop
+from slidesnake.train.loop import TrainingDataError, TrainParams, _draw_weights, train_fold
 from slidesnake.train.splits import make_splits
 
 torch.set_num_threads(1)  # tiny bags: thread start-up costs more than it saves on a shared CPU
@@ -88,3 +94,88 @@ def test_multilabel_and_survival_tasks_train_and_predict(cohort):
     assert test.loc[test["time"] < 500, "risk"].mean() > test.loc[test["time"] > 500, "risk"].mean()
     assert table.loc[0, "c_index"] >= 0.6
     assert torch.load(root / "os/model.pt", weights_only=False)["n_outputs"] == 4
+
+
+def test_class_weighting_changes_training_and_sampling_balances_draws(cohort):
+    root, task, feats, labels, folds = cohort
+    imbalanced = labels[(labels["target"] == 0) | (labels["slide_id"] < "S008")].reset_index(drop=True)
+    histories = {}
+    for balance in ("weight", "none", "sample"):
+        params = TrainParams(**{**FAST, "epochs": 2, "balance": balance})
+        train_fold(task, "abmil", feats, imbalanced, folds, 0, params, str(root / f"bal_{balance}"))
+        histories[balance] = pd.read_csv(root / f"bal_{balance}/history.csv")
+    assert not np.allclose(histories["weight"]["train_loss"], histories["none"]["train_loss"])
+    assert not np.allclose(histories["sample"]["train_loss"], histories["none"]["train_loss"])
+    train = imbalanced.iloc[:10].assign(target=[0] * 8 + [1] * 2)
+    p = _draw_weights(task, "sample", train)
+    assert p[:8].sum() == pytest.approx(0.5) and p[8:].sum() == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="training.balance"):
+        train_fold(task, "abmil", feats, labels, folds, 0, TrainParams(balance="classes"), str(root / "x"))
+
+
+def test_all_nan_validation_loss_keeps_the_last_epoch(cohort, monkeypatch, caplog):
+    root, task, feats, labels, folds = cohort
+    real = loop._evaluate
+    monkeypatch.setattr(loop, "_evaluate", lambda *a, **k: (float("nan"), real(*a, **k)[1]))
+    train_fold(task, "abmil", feats, labels, folds, 0, TrainParams(**{**FAST, "epochs": 3}), str(root / "nan"))
+    assert torch.load(root / "nan/model.pt", weights_only=True)["best_epoch"] == 2
+    assert any("NaN in every epoch" in r.getMessage() for r in caplog.records)
+
+
+def test_one_progress_line_per_epoch_with_eta(cohort, caplog):
+    root, task, feats, labels, folds = cohort
+    with caplog.at_level(logging.INFO, logger="slidesnake.train.loop"):
+        train_fold(task, "abmil", feats, labels, folds, 2, TrainParams(**{**FAST, "epochs": 3}), str(root / "log"))
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage() and "ETA" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == [f"abmil fold 2 epoch {e}/3" for e in (1, 2, 3)]
+    assert all("train loss" in line and "val auc" in line for line in lines)
+
+
+def test_loop_loads_exactly_the_declared_inputs(cohort, monkeypatch):
+    root, task, feats, labels, folds = cohort
+    seen = {}
+    for name in ("abmil", "patchgcn"):
+        cls = registry.get(name).cls
+        real = cls.forward
+
+        def record(self, features, coords=None, mask=None, label=None, _real=real, _name=name):
+            seen[_name] = coords is not None
+            return _real(self, features, coords=coords, mask=mask, label=label)
+
+        monkeypatch.setattr(cls, "forward", record)
+        train_fold(task, name, feats, labels, folds, 0, TrainParams(**{**FAST, "epochs": 1}), str(root / f"in_{name}"))
+    assert seen == {"abmil": False, "patchgcn": True}
+
+
+def test_two_stage_model_starts_from_the_same_folds_first_stage(cohort, monkeypatch):
+    root, task, feats, labels, folds = cohort
+    first = root / "stage1/model.pt"
+    train_fold(task, "abmil", feats, labels, folds, 0, TrainParams(**{**FAST, "epochs": 2}), str(first.parent))
+    calls = []
+
+    def init(self, first_stage, train_bags):
+        calls.append((first_stage, train_bags))
+
+    cls = registry.get("mhim").cls
+    monkeypatch.setattr(cls, "init_from_first_stage", init)
+    params = TrainParams(**{**FAST, "epochs": 1, "max_instances": 16})
+    train_fold(task, "mhim", feats, labels, folds, 0, params, str(root / "mhim"), first_stage=str(first))
+    ((model, bags),) = calls
+    record = torch.load(first, weights_only=True)
+    assert type(model).__name__ == "ABMIL" and not model.training
+    assert all(torch.equal(v, record["state_dict"][k]) for k, v in model.state_dict().items())
+    train_ids = set(folds[(folds["fold"] == 0) & (folds["split"] == "train")]["slide_id"]) - {"EMPTY0"}
+    assert len(bags) == len(train_ids) and all(len(b) == 64 for b in bags)  # full bags, not max_instances
+    with pytest.raises(TrainingDataError, match="abmil"):
+        train_fold(task, "mhim", feats, labels, folds, 0, params, str(root / "mhim2"))
+    wrong = root / "wrong/model.pt"
+    train_fold(task, "meanpool", feats, labels, folds, 0, TrainParams(epochs=1), str(wrong.parent))
+    with pytest.raises(CheckpointError, match="model='meanpool'"):
+        train_fold(task, "mhim", feats, labels, folds, 0, params, str(root / "mhim3"), first_stage=str(wrong))
+
+
+def test_checkpoint_records_what_the_model_was_trained_on(cohort):
+    root, *_ = cohort
+    record = torch.load(root / "abmil/fold0/model.pt", weights_only=True)
+    assert {"model", "encoder", "magnification", "classes", "task", "params"} <= set(record)
+    assert record["model"] == "abmil" and record["params"]["balance"] == "weight"

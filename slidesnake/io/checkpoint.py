@@ -8,6 +8,7 @@ features or a model it does not belong to instead of producing a quietly wrong m
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,8 +47,9 @@ def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = 
     """
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path}: cannot read the model checkpoint ({exc}); rerun the train rule") from exc
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: not a readable model checkpoint ({reason}); rerun the train rule") from exc
     missing = [key for key in REQUIRED if key not in record]
     if missing:
         raise CheckpointError(f"{path}: not a slidesnake model.pt (lacks {missing}); rerun the train rule")
