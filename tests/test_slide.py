@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from _slide_fixtures import glass, paint, write_aperio, write_generic
 
 from slidesnake.io.slide import (
@@ -86,7 +88,7 @@ def test_slide_info_on_real_files(slides):
         assert (info.width, info.height) == (2048, 1536)
     assert slide_info(slides["single"]).level_downsamples == (1.0,)
     assert slide_info(slides["aperio40"]).vendor == "aperio"
-    with pytest.raises(ResolutionError, match="neither.svs.*fallback_mpp"):
+    with pytest.raises(ResolutionError, match="neither.svs.*set mpp_fallback"):
         slide_info(slides["neither"])
     info = slide_info(slides["neither"], fallback_mpp=0.25)
     assert (info.mpp, info.mpp_source) == (0.25, "config-fallback")
@@ -147,3 +149,33 @@ def test_open_slide_errors_name_the_file(tmp_path):
         open_slide(text)
     with pytest.raises(UnreadableSlideError, match="missing.svs: file not found"):
         open_slide(tmp_path / "missing.svs")
+
+
+def _schema_has(dotted: str) -> bool:
+    """True when a dotted config key (e.g. patching.allow_upsample) is a property path of the schema."""
+    root = Path(__file__).resolve().parents[1]
+    schema_path = next(p for p in (root / "slidesnake" / "schema.yaml", root / "config" / "schema.yaml") if p.exists())
+    node = yaml.safe_load(schema_path.read_text())
+    for part in dotted.split("."):
+        node = (node.get("properties") or {}).get(part)
+        if node is None:
+            return False
+    return True
+
+
+def test_resolution_errors_name_config_keys_that_exist(slides):
+    messages = []
+    with pytest.raises(ResolutionError) as no_mpp:
+        slide_info(slides["neither"])
+    messages.append(str(no_mpp.value))
+    with pytest.raises(ResolutionError) as coarse:
+        read_plan(_info(2.0), 20)
+    messages.append(str(coarse.value))
+    with pytest.raises(ValueError) as bad_fallback:
+        resolve_mpp({}, fallback_mpp=-1)
+    messages.append(str(bad_fallback.value))
+    named = {k for m in messages for k in re.findall(r"\b(mpp_fallback|[a-z_]+\.[a-z_]+(?:\.[a-z_]+)*)\b", m)}
+    named = {k for k in named if not k.endswith((".svs", ".tif")) and not k.startswith(("openslide.", "tiff."))}
+    assert {"mpp_fallback", "patching.allow_upsample", "patching.magnifications"} <= named
+    assert all(_schema_has(k) for k in named), named
+    assert "fallback_mpp" not in " ".join(messages)

@@ -75,9 +75,65 @@ def open_slide(path: str | os.PathLike) -> openslide.OpenSlide:
     try:
         return openslide.OpenSlide(path)
     except openslide.OpenSlideUnsupportedFormatError as exc:
+        damage = tiff_damage(path)
+        if damage is not None:
+            raise UnreadableSlideError(f"{path}: {damage}; download it again (OpenSlide: {exc})") from exc
         raise UnreadableSlideError(f"{path}: not a slide format OpenSlide supports ({exc})") from exc
     except (openslide.OpenSlideError, OSError, ValueError) as exc:
+        damage = tiff_damage(path)
+        if damage is not None:
+            raise UnreadableSlideError(f"{path}: {damage}; download it again (OpenSlide: {exc})") from exc
         raise UnreadableSlideError(f"{path}: cannot be opened ({exc})") from exc
+
+
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+def tiff_damage(path: str | os.PathLike) -> str | None:
+    """Why a file with a TIFF header cannot be read ("truncated ..."/"corrupt ..."), or None.
+
+    None when the file is not a TIFF (SVS, generic TIFF and most scanner formats are) or when its
+    directories and image data are all inside the file (then it is a TIFF OpenSlide does not support).
+    A download cut short keeps its header but loses the data or directories the header points to.
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError:
+        return None
+    if magic not in TIFF_MAGICS:
+        return None
+    import tifffile  # only on this failure path: tissue jobs start without it
+
+    problems: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            problems.append(record.getMessage())
+
+    tiff_log = logging.getLogger("tifffile")
+    handler, propagate = _Collect(), tiff_log.propagate
+    tiff_log.addHandler(handler)
+    tiff_log.propagate = False
+    needed = 0
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.pages:
+                ends = [o + b for o, b in zip(page.dataoffsets, page.databytecounts)]
+                needed = max([needed, *ends])
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a file with a TIFF header is damage
+        return f"truncated or corrupt TIFF ({size:,} bytes; {type(exc).__name__}: {exc})"
+    finally:
+        tiff_log.removeHandler(handler)
+        tiff_log.propagate = propagate
+    if needed > size:
+        return f"truncated TIFF: the file has {size:,} bytes but its directories point to data up to byte {needed:,}"
+    offsets = [p for p in problems if "offset" in p or "missing" in p]
+    if offsets:
+        return f"truncated or corrupt TIFF ({size:,} bytes; {offsets[0]})"
+    return None
 
 
 def mag_to_mpp(mag: float) -> float:
@@ -116,7 +172,7 @@ def resolve_mpp(properties: Mapping[str, str], fallback_mpp: float | None = None
         return mag_to_mpp(power), "objective-power"
     if fallback_mpp is not None:
         if fallback_mpp <= 0:
-            raise ValueError(f"fallback_mpp must be positive, got {fallback_mpp}")
+            raise ValueError(f"mpp_fallback must be positive (µm/px), got {fallback_mpp}")
         return float(fallback_mpp), "config-fallback"
     return None, None
 
@@ -159,7 +215,8 @@ def read_plan(info: SlideInfo, mag: float, patch_size: int = 256, allow_upsample
     else:
         raise ResolutionError(
             f"{info.path}: slide resolution {info.mpp:.4g} µm/px (from {info.mpp_source}) is coarser than "
-            f"{mag:g}x ({target:.4g} µm/px); drop this magnification or set allow_upsample: true in the config"
+            f"{mag:g}x ({target:.4g} µm/px); drop {mag:g} from patching.magnifications or set "
+            "patching.allow_upsample: true in the config"
         )
     downsample = float(info.level_downsamples[level])
     read_size = max(1, round(size0 / downsample))
@@ -189,7 +246,7 @@ def _info_of(slide: openslide.OpenSlide, path: str, fallback_mpp: float | None) 
     if mpp is None:
         raise ResolutionError(
             f"{path}: no resolution found (no openslide.mpp-x, TIFF resolution tags or objective power); "
-            "set fallback_mpp for this cohort in the config"
+            "set mpp_fallback: <µm/px> for this cohort in the config (slidesnake CLI: --mpp-fallback)"
         )
     power = _positive_float(props.get("openslide.objective-power"))
     if power is not None and source != "objective-power" and not 0.5 < mag_to_mpp(power) / mpp < 2.0:

@@ -164,7 +164,7 @@ def patch_slide(
     }  # fmt: skip
     coords = np.zeros((0, 2), dtype=np.int64)
     # A slide without tissue still gets its read plan, so downstream files describe the same grid.
-    if tissue["status"] in (STATUS_OK, STATUS_NO_TISSUE) and mpp:
+    if (tissue["status"] == STATUS_OK or tissue["status"].startswith(STATUS_NO_TISSUE)) and mpp:
         try:
             plan = read_plan(_info_of_record(tissue, mpp), mag, patch_size, allow_upsample)
         except ResolutionError as exc:
