@@ -248,7 +248,7 @@ def extract_features(
             files.append(stack.enter_context(h5py.File(tmp, "w")))
             _init_output(files[-1], runner.encoder.spec, coords, common, coords_attrs)
         if plan is not None:
-            sizes = sorted({r.encoder.spec.image_size for r in runners})
+            sizes = sorted({r.encoder.spec.input_size for r in runners})
             dataset = PatchBatches(slide_path, coords, plan, sizes, batch_size)
             stack.callback(dataset.close)
             _run(dataset, runners, files, torch_device, workers, cores, progress_interval)
@@ -310,7 +310,7 @@ def _run(
     On the CPU the first batch is read here, timing the read and a one-thread probe of the models, and
     :func:`cpu_share` splits the cores before the readers start; that batch is not read again.
     """
-    slot = [dataset.sizes.index(r.encoder.spec.image_size) for r in runners]
+    slot = [dataset.sizes.index(r.encoder.spec.input_size) for r in runners]
     names = "+".join(r.encoder.spec.name for r in runners)
     progress = Progress(
         len(dataset.coords),
