@@ -211,3 +211,22 @@ def test_a_biopsy_under_the_area_filter_says_how_many_their_area_and_the_preset(
     assert segment_slide(path, params_from_config("default", {"a_t": a_t}))["status"] == "ok"
     # glass-only stays the bare status
     assert segment_slide(write_aperio(slide_dir / "glass.svs", glass(2048, 1536)), SMALL)["status"] == "no_tissue"
+
+
+def test_median_threshold_equals_opencv_median_blur_then_threshold():
+    import cv2
+
+    from slidesnake.tissue.segmentation import median_threshold
+
+    rng = np.random.default_rng(0)
+    for ksize in (1, 3, 5, 7, 9, 11, 17):
+        for _ in range(10):
+            image = rng.integers(0, 30, (rng.integers(5, 80), rng.integers(5, 80)), dtype=np.uint8)
+            thresh = int(rng.integers(0, 30))
+            expected = cv2.threshold(cv2.medianBlur(image, ksize), thresh, 255, cv2.THRESH_BINARY)[1]
+            np.testing.assert_array_equal(median_threshold(image, ksize, thresh), expected)
+    # on a real saturation channel (non-contiguous HSV view), CLAM's recipe, exactly
+    image, _ = tissue_slide()
+    sat = cv2.cvtColor(image[::16, ::16], cv2.COLOR_RGB2HSV)[..., 1]
+    ref = cv2.threshold(cv2.medianBlur(np.ascontiguousarray(sat), 7), 8, 255, cv2.THRESH_BINARY)[1]
+    np.testing.assert_array_equal(median_threshold(sat, 7, 8), ref)

@@ -19,7 +19,9 @@ from slidesnake.io.slide import (
     patch_size_level0,
     read_patch,
     read_plan,
+    read_region_rgb,
     resolve_mpp,
+    rgba_to_rgb,
     slide_info,
 )
 from slidesnake.io.svs import write_svs
@@ -179,3 +181,18 @@ def test_resolution_errors_name_config_keys_that_exist(slides):
     assert {"mpp_fallback", "patching.allow_upsample", "patching.magnifications"} <= named
     assert all(_schema_has(k) for k in named), named
     assert "fallback_mpp" not in " ".join(messages)
+
+
+def test_read_region_rgb_equals_openslide_rgba_composited_on_white(tmp_path):
+    image = glass(1000, 700)
+    paint(image, (100, 100, 600, 500), (200, 120, 170))
+    path = write_aperio(tmp_path / "r.svs", image, mpp=0.5, app_mag=20)
+    slide = open_slide(path)
+    # inside, across the right/bottom edge (transparent beyond the slide) and at a coarser level
+    for location, level, size in (((50, 60), 0, (300, 200)), ((900, 600), 0, (256, 256)), ((-40, -40), 1, (120, 90))):
+        ours = read_region_rgb(slide, location, level, size)
+        reference = rgba_to_rgb(np.asarray(slide.read_region(location, level, size)))
+        assert ours.shape == (size[1], size[0], 3) and ours.dtype == np.uint8
+        np.testing.assert_array_equal(ours, reference)
+    outside = read_region_rgb(slide, (990, 690), 0, (20, 20))
+    assert (outside[15:, 15:] == 255).all()  # beyond the slide reads as white glass

@@ -22,7 +22,7 @@ import numpy as np
 import openslide
 
 from slidesnake.io.atomic import write_json
-from slidesnake.io.slide import SlideError, SlideInfo, open_slide, rgba_to_rgb, slide_info, tiff_damage
+from slidesnake.io.slide import SlideError, SlideInfo, open_slide, read_region_rgb, slide_info, tiff_damage
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +92,34 @@ def params_from_config(preset: str = "default", overrides: dict | None = None) -
 def tissue_mask(rgb: np.ndarray, params: SegmentationParams) -> np.ndarray:
     """Binary (0/255) tissue mask of an RGB image: saturation, median blur, threshold, ink removal, close."""
     sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
-    sat = cv2.medianBlur(sat, params.mthresh)
     if params.use_otsu:
+        sat = cv2.medianBlur(np.ascontiguousarray(sat), params.mthresh)
         _, mask = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     else:
-        _, mask = cv2.threshold(sat, params.sthresh, 255, cv2.THRESH_BINARY)
+        mask = median_threshold(sat, params.mthresh, params.sthresh)
     if params.ink_filter:
         mask[ink_mask(rgb)] = 0
     if params.close > 0:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((params.close, params.close), np.uint8))
     return mask
+
+
+def median_threshold(image: np.ndarray, ksize: int, thresh: int) -> np.ndarray:
+    """``threshold(medianBlur(image, ksize), thresh)`` (0/255), exactly, by counting instead of sorting.
+
+    A k×k median exceeds ``thresh`` iff at least (k²+1)/2 of the window's values do (the median is the
+    middle order statistic), so a box sum of ``image > thresh`` decides it. Same replicated border as
+    cv2.medianBlur; ~30x faster than its histogram median for k = 7 on uint8.
+    """
+    image = np.ascontiguousarray(image)
+    if ksize == 1:
+        return cv2.threshold(image, thresh, 255, cv2.THRESH_BINARY)[1]
+    above = cv2.threshold(image, thresh, 1, cv2.THRESH_BINARY)[1]
+    counts = cv2.boxFilter(
+        above, cv2.CV_16U if ksize * ksize > 255 else -1, (ksize, ksize), normalize=False,
+        borderType=cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+    return cv2.compare(counts, (ksize * ksize + 1) // 2 - 1, cv2.CMP_GT)
 
 
 def ink_mask(rgb: np.ndarray) -> np.ndarray:
@@ -274,8 +292,7 @@ def read_segmentation_image(
     rows = STRIP_ROWS * factor
     for y in range(0, out_h * factor, rows):
         h = min(rows, out_h * factor - y)
-        region = slide.read_region((0, round(y * ds)), level, (out_w * factor, h))
-        strip = rgba_to_rgb(np.asarray(region))
+        strip = read_region_rgb(slide, (0, round(y * ds)), level, (out_w * factor, h))
         if factor > 1:
             strip = cv2.resize(strip, (out_w, h // factor), interpolation=cv2.INTER_AREA)
         image[y // factor : (y + h) // factor] = strip
