@@ -1,18 +1,24 @@
-"""Benchmark: segmentation + 5x/20x patching on a large synthetic 40x slide, against CLAM-style selection.
+"""Benchmark: segmentation + 20x and 5x grids on a large synthetic 40x slide, against hs2p and CLAM's recipe.
 
 The slide (default 80,000 × 60,000 px at 0.25 µm/px, mostly glass, ragged tissue islands with holes and
-fragments, drawn on a 4 µm/px map) is written once with a region callable and cached under benchmarks/results/. The reference
-selects patches as CLAM does: per contour, a grid over its bounding box, a ``cv2.pointPolygonTest``
-four-point check per point and a centre-in-hole check, in a process pool of 4, on the same contours.
+fragments, drawn on a 4 µm/px map) is written once and cached under benchmarks/results/. Every method runs
+in this one process on the same file, warm (one untimed call each first), interleaved, best of --repeats:
 
-    .venv/bin/python benchmarks/patching.py [--width 80000 --height 60000] [--also-quarter]
+- ours: ``segment_slide`` + ``patch_coords`` at 20x and 5x (what the tissue job does).
+- hs2p fastest path (hs2p 6.1.0 from PyPI, installed for this benchmark only, not a slidesnake
+  dependency: ``pip install --no-deps hs2p==6.1.0 omegaconf==2.4.0``): one tissue mask
+  (``resolve_tissue_mask``), then ``build_tiling_result_from_mask`` at 0.5 and 2.0 µm/px.
+- hs2p public API: ``tile_slide`` per magnification (it segments each time).
+- CLAM's recipe, serial (no process pool inside the timer): its mask (HSV saturation, median 7,
+  threshold 8, close 4), for the mask IoU, and its per-point ``pointPolygonTest`` patch selection.
+
+    .venv/bin/python benchmarks/patching.py [--width 80000 --height 60000] [--repeats 7]
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,10 +28,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slidesnake.io.slide import patch_size_level0  # noqa: E402
+from slidesnake.io.slide import open_slide, patch_size_level0, slide_info  # noqa: E402
 from slidesnake.io.svs import GLASS_RGB, write_svs  # noqa: E402
 from slidesnake.tissue.patching import patch_coords  # noqa: E402
-from slidesnake.tissue.segmentation import SegmentationParams, segment_slide  # noqa: E402
+from slidesnake.tissue.segmentation import (  # noqa: E402
+    SegmentationParams,
+    read_segmentation_image,
+    segment_slide,
+    tissue_mask,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MPP = 0.25
@@ -106,31 +117,13 @@ def build_slide(width: int, height: int) -> Path:
     return path
 
 
-def _clam_chunk(args) -> list[tuple[int, int]]:
-    """CLAM's isInContourV3_Easy + isInHoles for a chunk of points of one contour."""
-    contour, holes, points, size = args
-    half = size // 2
-    shift = int(half * 0.5)
-    kept = []
-    for px, py in points:
-        cx, cy = px + half, py + half
-        four = ((cx - shift, cy - shift), (cx + shift, cy + shift), (cx + shift, cy - shift), (cx - shift, cy + shift))
-        if not any(cv2.pointPolygonTest(contour, (float(a), float(b)), False) >= 0 for a, b in four):
-            continue
-        if any(cv2.pointPolygonTest(hole, (float(cx), float(cy)), False) > 0 for hole in holes):
-            continue
-        kept.append((px, py))
-    return kept
-
-
-def clam_reference(record: dict, mag: float, pool, slide_origin: bool = False) -> int:
-    """Patch count selected CLAM's way (grid over each contour's bounding box, per-point tests, pool).
-
-    ``slide_origin`` snaps each box's grid to the slide's (0, 0) grid, as ours is: the counts must then
-    agree exactly, which isolates the origin as the only source of difference.
-    """
+def clam_select(record: dict, mag: float, slide_origin: bool = True) -> int:
+    """Patches CLAM's way: per contour a grid over its bounding box, four-point ``pointPolygonTest`` and a
+    centre-not-in-hole test per point (isInContourV3_Easy + isInHoles), serially. ``slide_origin`` snaps
+    each box's grid to the slide's (0, 0) grid, as ours is, so the counts must agree exactly."""
     size = patch_size_level0(record["mpp"], mag)
-    total = 0
+    half, total = size // 2, 0
+    shift = int(half * 0.5)
     for contour, holes in zip(record["contours"], record["holes"]):
         cont = np.asarray(contour, np.int32).reshape(-1, 1, 2)
         hole_arrs = [np.asarray(h, np.int32).reshape(-1, 1, 2) for h in holes]
@@ -138,59 +131,142 @@ def clam_reference(record: dict, mag: float, pool, slide_origin: bool = False) -
         if slide_origin:
             bw, bh = bw + bx % size, bh + by % size
             bx, by = bx - bx % size, by - by % size
-        xs, ys = np.meshgrid(np.arange(bx, bx + bw, size), np.arange(by, by + bh, size))
-        points = np.stack([xs.ravel(), ys.ravel()], 1)
-        chunks = [(cont, hole_arrs, c, size) for c in np.array_split(points, 4) if len(c)]
-        total += sum(len(k) for k in pool.map(_clam_chunk, chunks))
+        for py in range(by, by + bh, size):
+            for px in range(bx, bx + bw, size):
+                cx, cy = px + half, py + half
+                four = ((cx - shift, cy - shift), (cx + shift, cy + shift), (cx + shift, cy - shift),
+                        (cx - shift, cy + shift))  # fmt: skip
+                if not any(cv2.pointPolygonTest(cont, (float(a), float(b)), False) >= 0 for a, b in four):
+                    continue
+                if any(cv2.pointPolygonTest(h, (float(cx), float(cy)), False) > 0 for h in hole_arrs):
+                    continue
+                total += 1
     return total
 
 
-def _measure(path: str, queue) -> None:
-    t0 = time.perf_counter()
-    record = segment_slide(path, SegmentationParams())
-    t1 = time.perf_counter()
-    n20, n5 = len(patch_coords(record, 20)), len(patch_coords(record, 5))
-    t2 = time.perf_counter()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((record, t1 - t0, t2 - t1, n20, n5, peak_mb))
+def clam_mask(path: Path) -> np.ndarray:
+    """CLAM's segmentTissue mask: the level nearest 64x read through PIL, HSV saturation, median blur 7,
+    threshold 8, close 4 (WholeSlideImage.segmentTissue with the default preset)."""
+    slide = open_slide(path)
+    try:
+        info = slide_info(slide)
+        level = int(np.argmin([abs(np.log(d / 64.0)) for d in info.level_downsamples]))
+        img = np.array(slide.read_region((0, 0), level, info.level_dimensions[level]).convert("RGB"))
+    finally:
+        slide.close()
+    sat = cv2.medianBlur(cv2.cvtColor(img, cv2.COLOR_RGB2HSV)[:, :, 1], 7)
+    _, mask = cv2.threshold(sat, 8, 255, cv2.THRESH_BINARY)
+    return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((4, 4), np.uint8))
 
 
-def run(path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_measure, args=(str(path), queue))
-    child.start()
-    record, seg_s, patch_s, n20, n5, peak_mb = queue.get()
-    child.join()
-    ours = seg_s + patch_s
-    with ctx.Pool(4) as pool:
-        t = time.perf_counter()
-        r20, r5 = clam_reference(record, 20, pool), clam_reference(record, 5, pool)
-        ref_patch_s = time.perf_counter() - t
-        a20, a5 = clam_reference(record, 20, pool, True), clam_reference(record, 5, pool, True)
-    ref = seg_s + ref_patch_s
+def our_mask(path: Path, params: SegmentationParams) -> np.ndarray:
+    slide = open_slide(path)
+    try:
+        _, image, _ = read_segmentation_image(slide, slide_info(slide), params.seg_downsample)
+    finally:
+        slide.close()
+    return tissue_mask(image, params)
+
+
+def ours(path: Path, params: SegmentationParams) -> tuple[dict, int, int]:
+    record = segment_slide(path, params)
+    return record, len(patch_coords(record, 20)), len(patch_coords(record, 5))
+
+
+def hs2p_methods(path: Path):
+    """(fastest path, public API) callables for hs2p, or None when hs2p is not installed."""
+    try:
+        import hs2p
+        from hs2p import SegmentationConfig, SlideSpec, TilingConfig, tile_slide
+        from hs2p.tiling.mask import resolve_tissue_mask
+        from hs2p.tiling.single import build_tiling_result_from_mask
+        from hs2p.wsi.reader import open_slide as hs2p_open
+    except ImportError:
+        return None
+    seg = SegmentationConfig(method="hsv", downsample=64, sthresh=8, mthresh=7, close=4)
+
+    def tiling(spacing: float) -> TilingConfig:
+        return TilingConfig(
+            requested_spacing_um=spacing, requested_tile_size_px=256, tolerance=0.05, overlap=0.0, backend="openslide"
+        )
+
+    def fastest() -> tuple[int, int]:
+        slide = hs2p_open(path, backend="openslide")
+        try:
+            mask = resolve_tissue_mask(slide=slide, segmentation=seg, sample_id=path.stem)
+            counts = [
+                build_tiling_result_from_mask(
+                    slide=slide, resolved_mask=mask, image_path=path, backend="openslide",
+                    requested_backend="openslide", requested_spacing_um=spacing,
+                ).num_tiles
+                for spacing in (0.5, 2.0)
+            ]  # fmt: skip
+        finally:
+            slide.close()
+        return counts[0], counts[1]
+
+    def api() -> tuple[int, int]:
+        spec = SlideSpec(sample_id=path.stem, image_path=path)
+        r20 = tile_slide(spec, tiling=tiling(0.5), segmentation=seg)
+        r5 = tile_slide(spec, tiling=tiling(2.0), segmentation=seg)
+        return r20.num_tiles, r5.num_tiles
+
+    return hs2p.__version__, fastest, api
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
+
+
+def run(path: Path, repeats: int) -> None:
+    params = SegmentationParams()
+    methods = {"ours": lambda: ours(path, params)}
+    hs = hs2p_methods(path)
+    if hs is None:
+        print("hs2p is not installed: pip install --no-deps hs2p==6.1.0 omegaconf==2.4.0 (benchmark only)")
+    else:
+        version, fastest, api = hs
+        methods.update({f"hs2p {version} fastest path": fastest, f"hs2p {version} tile_slide x2": api})
+    outputs = {name: fn() for name, fn in methods.items()}  # warm-up: imports, first-call costs
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for rep in range(repeats):
+        order = list(methods) if rep % 2 == 0 else list(methods)[::-1]  # interleaved, alternating order
+        for name in order:
+            times[name].append(_timed(methods[name])[0])
+    record, n20, n5 = outputs["ours"]
+    best = {name: min(t) for name, t in times.items()}
     print(f"slide {path.name}: {record['width']} x {record['height']} px, {len(record['contours'])} contours, "
-          f"{sum(map(len, record['holes']))} holes, {record['tissue_area_mm2']:.1f} mm² tissue")  # fmt: skip
-    print(f"  ours:      segmentation {seg_s:.3f} s + patching (20x and 5x) {patch_s:.3f} s = {ours:.3f} s")
-    print(f"  reference: segmentation {seg_s:.3f} s + CLAM-style patching {ref_patch_s:.3f} s = {ref:.3f} s")
-    print(f"  patches 20x: ours {n20}, reference {r20} ({100 * (n20 - r20) / max(r20, 1):+.2f}%)")
-    print(f"  patches 5x:  ours {n5}, reference {r5} ({100 * (n5 - r5) / max(r5, 1):+.2f}%)")
-    print(f"  reference on our (0, 0)-origin grid: 20x {a20} ({n20 - a20:+d} vs ours), 5x {a5} ({n5 - a5:+d} vs ours)")
-    print(f"  patches per second (ours, both grids, end to end): {(n20 + n5) / ours:,.0f}")
-    print(f"  patching-only speed-up: {ref_patch_s / patch_s:.1f}x; end-to-end speed-up: {ref / ours:.1f}x")
-    print(f"  peak memory (ours, child process RSS): {peak_mb:.0f} MB")
+          f"{sum(map(len, record['holes']))} holes, {record['tissue_area_mm2']:.1f} mm² tissue; "
+          f"best of {repeats} warm runs, interleaved (median in brackets)")  # fmt: skip
+    for name in methods:
+        counts = outputs[name][1:] if name == "ours" else outputs[name]
+        print(f"  {name:32s} {best[name]:.4f} s ({statistics.median(times[name]):.4f} s)  "
+              f"patches 20x {counts[0]}, 5x {counts[1]}")  # fmt: skip
+    for name in methods:
+        if name != "ours":
+            print(f"  ratio ours / {name}: {best['ours'] / best[name]:.2f}  (target <= 0.80 for the fastest path)")
+    ours_mask, ref_mask = our_mask(path, params) > 0, clam_mask(path) > 0
+    iou = (ours_mask & ref_mask).sum() / max(1, (ours_mask | ref_mask).sum())
+    print(f"  tissue mask IoU vs CLAM's recipe (same level, median 7 / threshold 8 / close 4): {iou:.6f}")
+    clam_s, (c20, c5) = _timed(lambda: (clam_select(record, 20), clam_select(record, 5)))
+    patch_s = min(_timed(lambda: (patch_coords(record, 20), patch_coords(record, 5)))[0] for _ in range(3))
+    print(f"  CLAM-style selection (serial, same contours, (0, 0) grid): 20x {c20} ({n20 - c20:+d} vs ours), "
+          f"5x {c5} ({n5 - c5:+d} vs ours); {clam_s:.3f} s vs our grids {patch_s:.4f} s = {clam_s / patch_s:.0f}x")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=80_000)
     parser.add_argument("--height", type=int, default=60_000)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--also-quarter", action="store_true", help="also run a slide of half the width and height")
     args = parser.parse_args()
-    print("timings taken on a shared machine under load; ratios are from one run on the same data")
+    print("timings taken on a shared machine; ratios compare methods measured in the same run on the same file")
     sizes = [(args.width, args.height)] + ([(args.width // 2, args.height // 2)] if args.also_quarter else [])
     for width, height in sizes:
-        run(build_slide(width, height))
+        run(build_slide(width, height), args.repeats)
 
 
 if __name__ == "__main__":

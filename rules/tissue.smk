@@ -10,6 +10,7 @@ rule tissue:
         slide=slide_path,
     output:
         tissue="results/{cohort}/tissue/{slide_id}.json",
+        geojson="results/{cohort}/tissue/{slide_id}.geojson",
         coords=expand("results/{{cohort}}/patches/{mag}x/{{slide_id}}.h5", mag=MAGS),
         qc=report(
             "results/{cohort}/qc/{slide_id}.png",

@@ -1,7 +1,8 @@
 """The ``slidesnake`` command: each subcommand is a thin wrapper over the library functions the rules call.
 
 Per-slide commands follow the pipeline's fault policy: a bad slide still gets its output with a
-status and the command exits 0 with a warning, so scripted cohorts go on. Any slidesnake error
+status and the command exits 0 with a warning, so scripted cohorts go on (``segment`` on an unreadable
+slide exits 2, after writing its status). Any slidesnake error
 becomes one line on stderr, no traceback: exit 2 for bad input or config (``InputError``), 1 for a
 failed computation (``ComputationError``).
 """
@@ -20,6 +21,7 @@ from slidesnake.errors import ConfigError, InputError, SlidesnakeError
 
 log = logging.getLogger("slidesnake")
 EXIT_CONFIG = InputError.exit_code
+EXIT_UNREADABLE = InputError.exit_code  # bad input: the slide file itself
 
 
 def _parse_value(text: str) -> Any:
@@ -56,16 +58,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from slidesnake.io.atomic import write_json
     from slidesnake.tissue.qc import render_qc
-    from slidesnake.tissue.segmentation import params_from_config, segment_slide
+    from slidesnake.tissue.segmentation import UNREADABLE_PREFIX, params_from_config, segment_slide
 
     params = params_from_config(args.preset, _key_values(args.param))
     record = segment_slide(args.slide, params, fallback_mpp=args.mpp_fallback)
     write_json(args.out, record)
+    if args.geojson:
+        from slidesnake.tissue.geojson import write_tissue_geojson
+
+        write_tissue_geojson(args.geojson, record)
     if args.qc:
         render_qc(args.slide, record, None, args.qc)
     _warn_status(args.slide, record["status"])
     print(f"{args.slide}: {record['status']}, {len(record.get('contours', []))} tissue contours -> {args.out}")
-    return 0
+    # the JSON still records the status (the pipeline's job goes on); a person or script calling the
+    # command on one slide learns from the exit code that the slide could not be read
+    return EXIT_UNREADABLE if record["status"].startswith(UNREADABLE_PREFIX) else 0
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -249,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide")
     p.add_argument("--out", required=True, help="tissue JSON")
     p.add_argument("--qc", help="QC PNG with contours and holes")
+    p.add_argument("--geojson", help="also write the contours as GeoJSON (QuPath, TRIDENT)")
     p.add_argument("--preset", default="default", help="segmentation preset: default, tcga, biopsy")
     p.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE", help="override a preset value, e.g. a_t=16"

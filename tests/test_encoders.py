@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import open_clip
 import pytest
@@ -175,3 +176,172 @@ def test_tiny_clip_is_deterministic_across_processes_and_keeps_caller_rng():
     feats = _images(encoder, torch.cat([red, blue]))
     torch.testing.assert_close(feats[0], feats[1])
     assert torch.cosine_similarity(feats[0], feats[2], dim=0) < 0.99
+
+
+# ---- image-only foundation models (timm / transformers), offline, random weights ----------------------
+#
+# Each checkpoint is built from the model's own timm architecture (or transformers config) with the
+# card's create_model kwargs, saved in the hub's format (config.json + model.safetensors or
+# pytorch_model.bin) into a Hugging Face cache snapshot, and loaded by registry name and by hf-hub id
+# through the same timm.create_model("hf-hub:...") / AutoModel call the real id uses, offline.
+# Sizes are SHRUNK for speed (depth -> 2, width -> 64-96 keeping each model's head count); the full-size
+# architectures are checked separately on the meta device (no memory) for their documented dims.
+
+SMALL = {  # name: (repo, timm architecture, hub config model_args (shrunk where the card does not fix them), weights)
+    "uni": ("MahmoodLab/UNI", "vit_large_patch16_224", {"depth": 2, "embed_dim": 64}, "pytorch_model.bin"),
+    "uni2-h": ("MahmoodLab/UNI2-h", "vit_giant_patch14_224", {}, "pytorch_model.bin"),
+    "virchow2": (
+        "paige-ai/Virchow2", "vit_huge_patch14_224",
+        {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "reg_tokens": 4, "mlp_ratio": 5.3375,
+         "global_pool": "", "dynamic_img_size": True, "depth": 2, "embed_dim": 96},
+        "model.safetensors",
+    ),
+    "h-optimus-0": ("bioptimus/H-optimus-0", "vit_giant_patch14_reg4_dinov2", {"img_size": 224, "depth": 2, "embed_dim": 96},
+                    "model.safetensors"),
+    "prov-gigapath": (
+        "prov-gigapath/prov-gigapath", "vit_giant_patch14_dinov2",
+        {"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 96, "depth": 2, "num_heads": 24,
+         "init_values": 1e-5, "mlp_ratio": 5.33334, "num_classes": 0},
+        "pytorch_model.bin",
+    ),
+}  # fmt: skip
+UNI2_SHRUNK = {"depth": 2, "embed_dim": 96}  # the card's own kwargs fix UNI2-h's size: shrink those
+
+
+def _card_kwargs(name):
+    from slidesnake.features.encoders import VISION_RECIPES, _resolve_dotted
+
+    return {k: _resolve_dotted(v) for k, v in VISION_RECIPES[name].kwargs.items()}
+
+
+def _save_timm_checkpoint(folder, name, seed=0):
+    import safetensors.torch
+    import timm
+
+    _, arch, model_args, weights = SMALL[name]
+    spec = REGISTRY[name]
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, **{"num_classes": 0, **model_args, **_card_kwargs(name)})
+    folder.mkdir(parents=True)
+    config = {
+        "architecture": arch, "num_classes": 0, "model_args": model_args,
+        "pretrained_cfg": {"mean": list(spec.mean), "std": list(spec.std), "input_size": [3, 224, 224]},
+    }  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if weights == "model.safetensors":
+        safetensors.torch.save_file(state, folder / weights)
+    else:
+        torch.save(state, folder / weights)
+    return model.eval()
+
+
+def _normalise(pixels, spec):
+    x = pixels.permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+
+
+TILES = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_timm_foundation_models_load_offline_through_the_hub_id(name, tmp_path, offline_cache, monkeypatch):
+    from slidesnake.features import encoders as enc
+
+    if name == "uni2-h":
+        recipe = enc.VISION_RECIPES[name]
+        monkeypatch.setitem(enc.VISION_RECIPES, name, replace(recipe, kwargs={**recipe.kwargs, **UNI2_SHRUNK}))
+    repo = SMALL[name][0]
+    reference = _save_timm_checkpoint(tmp_path / "ckpt", name)
+    put_in_hf_cache(offline_cache, repo, tmp_path / "ckpt")
+    encoder = load_encoder(name)
+    spec = encoder.spec
+    assert spec.family == "timm" and not spec.has_text_tower and not spec.normalized
+    assert (spec.source, spec.image_size) == (f"hf-hub:{repo}", 224)
+    with torch.inference_mode():
+        ours = encoder.encode_image(encoder.preprocess(TILES))
+        out = reference(_normalise(TILES, spec))
+    if name == "virchow2":  # the card: class token + mean of the patch tokens (after the 4 registers)
+        assert out.shape[1] == 1 + 4 + 256
+        expected = torch.cat([out[:, 0], out[:, 5:].mean(1)], dim=-1)
+    else:
+        expected = out  # model(x): the class token
+    assert ours.shape == (2, spec.dim) and spec.dim == expected.shape[1]
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)  # the saved random weights were loaded
+    assert not torch.allclose(ours[0], ours[1])
+
+
+def test_gigapath_preprocessing_is_the_cards_resize_256_centre_crop_224(tmp_path, offline_cache):
+    from torchvision import transforms
+
+    reference = _save_timm_checkpoint(tmp_path / "ckpt", "prov-gigapath")
+    put_in_hf_cache(offline_cache, "prov-gigapath/prov-gigapath", tmp_path / "ckpt")
+    encoder = load_encoder("prov-gigapath")
+    assert encoder.spec.input_size == 256
+    patches = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    card = transforms.Compose([
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+        transforms.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    ])  # fmt: skip
+    x_card = torch.stack([card(p.permute(2, 0, 1).float() / 255) for p in patches])
+    torch.testing.assert_close(encoder.preprocess(patches), x_card, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(encoder.encode_image(encoder.preprocess(patches)), reference(x_card))
+
+
+def test_phikon_v2_loads_through_transformers_offline(tmp_path, offline_cache):
+    from transformers import AutoModel, Dinov2Config, Dinov2Model
+
+    # the real config's model type and patch size, shrunk: hidden 1024 -> 64, 24 layers -> 2, heads 16 kept
+    config = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=16, patch_size=14, image_size=224)
+    torch.manual_seed(0)
+    Dinov2Model(config).save_pretrained(tmp_path / "phikon", safe_serialization=True)
+    (tmp_path / "phikon" / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "crop_size": 224})
+    )
+    put_in_hf_cache(offline_cache, "owkin/phikon-v2", tmp_path / "phikon")
+    encoder = load_encoder("phikon-v2")
+    assert encoder.spec.family == "hf_vision" and not encoder.spec.has_text_tower and encoder.spec.dim == 64
+    reference = AutoModel.from_pretrained(tmp_path / "phikon").eval()
+    with torch.inference_mode():
+        expected = reference(pixel_values=_normalise(TILES, encoder.spec)).last_hidden_state[:, 0, :]
+        torch.testing.assert_close(encoder.encode_image(encoder.preprocess(TILES)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_full_size_architectures_give_the_documented_dims_on_the_meta_device():
+    import timm
+
+    for name, (_, arch, model_args, _) in SMALL.items():
+        full_args = {k: v for k, v in model_args.items() if k not in ("depth", "embed_dim")}
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **{"num_classes": 0, **full_args, **_card_kwargs(name)})
+            tokens = model.forward_features(torch.empty(1, 3, 224, 224))
+        pooled = 2 * model.num_features if REGISTRY[name].pooling == "cls+mean_patch" else model.num_features
+        assert pooled == REGISTRY[name].dim, name
+        if name == "virchow2":
+            assert model.num_prefix_tokens == 5 and tokens.shape == (1, 5 + 256, 1280)
+        if name == "uni2-h":
+            assert model.num_prefix_tokens == 9 and len(model.blocks) == 24
+    assert REGISTRY["phikon-v2"].dim == 1024 and REGISTRY["uni"].dim == 1024
+
+
+def test_image_only_encoders_are_refused_by_vision_language_steps(tmp_path, offline_cache):
+    from slidesnake.features.encoders import ImageOnlyEncoderError, has_text_tower, require_text_tower
+
+    image_only = {n for n, s in REGISTRY.items() if not s.has_text_tower}
+    assert image_only == {"uni", "uni2-h", "virchow2", "h-optimus-0", "prov-gigapath", "phikon-v2"}
+    assert has_text_tower("conch") and has_text_tower("tiny-clip") and not has_text_tower("virchow2")
+    require_text_tower("quiltnet-b-32", "zero-shot")  # a VLM passes
+    with pytest.raises(ImageOnlyEncoderError, match=r"encoder 'uni' \(hf-hub:MahmoodLab/UNI\) is an image-only"):
+        require_text_tower("uni", "zero-shot classification")
+    _save_timm_checkpoint(tmp_path / "ckpt", "h-optimus-0")
+    put_in_hf_cache(offline_cache, "bioptimus/H-optimus-0", tmp_path / "ckpt")
+    encoder = load_encoder("h-optimus-0")
+    with pytest.raises(ImageOnlyEncoderError, match="no text tower.*conch"):
+        encoder.encode_text(["adenocarcinoma"])
+
+
+def test_missing_foundation_model_weights_say_how_to_prefetch(offline_cache):
+    with pytest.raises(EncoderNotFoundError, match=r"MahmoodLab/UNI2-h/config.json.*HF_HUB_OFFLINE=1.*hf auth login"):
+        load_encoder("uni2-h")

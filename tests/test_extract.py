@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import cv2
 import h5py
 import numpy as np
@@ -225,3 +228,18 @@ def test_preprocess_accepts_both_layouts_normalises_and_resizes_like_the_workers
     torch.testing.assert_close(hwc[0, :, 10, 10], expected)
     big = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(tiny_clip.preprocess(big), _documented_preprocess(big.numpy(), 64))
+
+
+def test_extraction_logs_progress_lines_and_copies_coords_dataset_attrs(slide, tmp_path, caplog):
+    c20 = coords_file(tmp_path / "c20.h5", [(0, 0), (CELL, 0), (0, CELL), (CELL, CELL)], mag=20, size0=CELL)
+    with h5py.File(c20, "a") as f:  # what patching writes on the dataset for CLAM/TRIDENT
+        f["coords"].attrs.update(patch_level=0, level0_magnification=20.0, target_magnification=20.0)
+    out = tmp_path / "f.h5"
+    caplog.set_level(logging.INFO, logger="slidesnake.features.extract")
+    # an interval this short logs a line per batch: the lines carry done/total, rate and ETA
+    extract_features(slide, c20, ["tiny-clip"], [str(out)], batch_size=2, num_workers=0, progress_interval=1e-9)
+    lines = [r.getMessage() for r in caplog.records if "patches/s" in r.getMessage()]
+    assert re.match(r"features grid\.svs \[tiny-clip\]: 2/4 patches \(50\.0%\), [\d.]+ patches/s, .*ETA", lines[0])
+    assert lines[-1].startswith("features grid.svs [tiny-clip]: 4/4 patches (100.0%)") and lines[-1].endswith("done")
+    with h5py.File(out, "r") as f:
+        assert f["coords"].attrs["target_magnification"] == 20.0 and f["coords"].attrs["patch_level"] == 0

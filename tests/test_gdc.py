@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from slidesnake.data.cohorts import LabelRule
 from slidesnake.data.gdc import (
     SHEET_COLUMNS,
     GdcClient,
+    GdcError,
     ManifestError,
     SlideQuery,
     query_slides,
@@ -272,3 +274,37 @@ def test_pipeline_runs_from_a_fake_gdc_through_features(tmp_path):
         assert (workdir / f"resources/slides/t/{slide_id}.svs").read_bytes() == data[f"file-{int(slide_id[8:12])}"][1]
         with h5py.File(workdir / f"results/t/patches/20x/{slide_id}.h5") as f:
             assert n20 == len(f["coords"]) > 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_query_without_network_fails_at_once_saying_where_to_download(monkeypatch, tmp_path, caplog):
+    sleeps = []
+    monkeypatch.setattr("slidesnake.data.gdc.time.sleep", sleeps.append)
+    real = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, *a, **k: (
+            (_ for _ in ()).throw(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
+            if str(host).endswith(".invalid")
+            else real(host, *a, **k)
+        ),
+    )
+    query = SlideQuery(projects=["TCGA-LUAD"])
+    for api, reason in ((f"http://127.0.0.1:{_closed_port()}", "connection refused"),
+                        ("https://api.gdc.invalid", "name resolution failed")):  # fmt: skip
+        with pytest.raises(GdcError) as err:
+            query_slides(GdcClient(api, retries=8, backoff_base_s=1.0), query)
+        assert f"{api}/files: {reason}; this node has no route to the API" in str(err.value)
+        assert "login node" in str(err.value) and "--until gdc_download_slide" in str(err.value)
+    assert sleeps == []  # not 9 attempts over 2.5 minutes
+    # the CLI says it in one line and exits non-zero
+    rc = run_cli(["gdc", "query", "--api", f"http://127.0.0.1:{_closed_port()}", "--project", "TCGA-LUAD",
+                  "--cohort", "c", "--out", str(tmp_path / "s.tsv"), "--manifest", str(tmp_path / "m.txt")])  # fmt: skip
+    assert rc == 1 and any("no route to the API" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "s.tsv").exists()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import cv2
+import h5py
 import numpy as np
+import openslide
 import pytest
 from _slide_fixtures import tissue_slide, write_aperio
 
+from slidesnake.io.slide import read_patch, read_plan, slide_info
 from slidesnake.tissue.patching import keep_mask, patch_coords, patch_slide, points_in_polygon, read_coords
 from slidesnake.tissue.segmentation import params_from_config, segment_slide
 
@@ -132,3 +135,61 @@ def test_patch_slide_unreadable_record(tmp_path):
     assert patch_slide(record, 20, tmp_path / "u.h5") == 0
     coords, attrs = read_coords(tmp_path / "u.h5")
     assert coords.shape == (0, 2) and attrs["status"] == "unreadable: x.svs: truncated"
+
+
+def _clam_region(slide, h5_path, idx):
+    """CLAM's Whole_Slide_Bag_FP: patch_level and patch_size from f["coords"].attrs, then read_region."""
+    with h5py.File(h5_path, "r") as f:
+        patch_level = f["coords"].attrs["patch_level"]
+        patch_size = f["coords"].attrs["patch_size"]
+        coord = f["coords"][idx]
+    region = slide.read_region(tuple(int(c) for c in coord), int(patch_level), (int(patch_size), int(patch_size)))
+    return np.asarray(region.convert("RGB"))
+
+
+def _trident_geometry(h5_path):
+    """TRIDENT's WSI reading: read_coords, the three essential .get() lookups, create_patcher's level-0 size."""
+    with h5py.File(h5_path, "r") as f:
+        attrs = dict(f["coords"].attrs)
+        coords = f["coords"][:]
+    patch_size = attrs.get("patch_size", None)
+    level0_magnification = attrs.get("level0_magnification", None)
+    target_magnification = attrs.get("target_magnification", None)
+    assert None not in (patch_size, level0_magnification, target_magnification)  # else TRIDENT falls back
+    return coords, attrs, round(patch_size * level0_magnification / target_magnification)
+
+
+def test_clam_and_trident_read_the_coords_dataset_attributes(tmp_path):
+    image, _ = tissue_slide()
+    slide_path = write_aperio(tmp_path / "s20.svs", image, mpp=0.5, app_mag=20)
+    record = segment_slide(slide_path, params_from_config("default", {"a_t": 0.5, "a_h": 0.5}), slide_id="s20")
+    info = slide_info(slide_path)
+    with openslide.OpenSlide(str(slide_path)) as slide:
+        for mag, size0, level in ((20, 256, 0), (5, 1024, 1)):
+            out = tmp_path / f"{mag}.h5"
+            assert patch_slide(record, mag, out) > 0
+            coords, attrs, trident_size0 = _trident_geometry(out)
+            assert trident_size0 == attrs["patch_size_level0"] == size0
+            assert (attrs["level0_magnification"], attrs["target_magnification"]) == (20.0, float(mag))
+            assert (attrs["level0_width"], attrs["level0_height"], attrs["name"]) == (4096, 3072, "s20")
+            assert attrs["patch_level"] == level and attrs["read_size"] == 256
+            plan = read_plan(info, mag)
+            for idx in (0, len(coords) // 2, len(coords) - 1):
+                # CLAM reads exactly the pixels we read (no resize: this slide has a level at the target mpp)
+                assert (_clam_region(slide, out, idx) == read_patch(slide, *coords[idx], plan)).all()
+            # the file-level attributes stay as before for our own readers
+            _, root = read_coords(out)
+            assert root["patch_size_level0"] == size0 and root["magnification"] == mag
+
+
+def test_coords_dataset_attributes_on_a_40x_slide_and_an_empty_set(tmp_path, tissue_json):
+    patch_slide(tissue_json["s40"], 20, tmp_path / "s40.h5")
+    _, attrs, trident_size0 = _trident_geometry(tmp_path / "s40.h5")
+    assert trident_size0 == attrs["patch_size_level0"] == 512 and attrs["level0_magnification"] == 40.0
+    # no 0.5 µm/px level on a 1/4/16 pyramid of a 40x scan: CLAM would need 512 px at level 0
+    assert (attrs["patch_level"], attrs["read_size"], attrs["patch_size"]) == (0, 512, 256)
+    record = {**_record([], [], status="unreadable: x.svs: truncated"), "mpp": None, "mpp_source": None}
+    patch_slide(record, 20, tmp_path / "u.h5")
+    with h5py.File(tmp_path / "u.h5", "r") as f:
+        assert f["coords"].shape == (0, 2) and f["coords"].attrs["patch_size"] == 256
+        assert "patch_level" in f["coords"].attrs and "target_magnification" in f["coords"].attrs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from slidesnake.tissue.segmentation import (
     params_from_config,
     read_tissue,
     segment_slide,
+    validate_tissue,
     write_tissue,
 )
 
@@ -137,10 +139,19 @@ def test_bad_files_get_an_unreadable_status(slide_dir, tissue40):
     data = tissue40.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     no_mpp = write_aperio(slide_dir / "nompp.svs", tissue_slide()[0], mpp=None, app_mag=None)
-    for path, reason in ((not_slide, "not a slide"), (truncated, "truncated.svs"), (no_mpp, "fallback_mpp")):
+    cases = (
+        (not_slide, "notes.svs: not a slide format"),
+        (truncated, "truncated.svs: truncated TIFF: the file has"),  # TIFF header, data cut: not "not a slide"
+        (no_mpp, "set mpp_fallback: <µm/px>"),  # the real config key
+    )
+    for path, reason in cases:
         record = segment_slide(path, SMALL)
         assert record["status"].startswith("unreadable: ") and reason in record["status"], record["status"]
         assert record["contours"] == [] and record["holes"] == []
+    assert "not a slide format" not in segment_slide(truncated, SMALL)["status"]
+    header_only = slide_dir / "header.svs"
+    header_only.write_bytes(data[:300])  # the first directory's values are cut off
+    assert "truncated or corrupt TIFF" in segment_slide(header_only, SMALL)["status"]
     assert segment_slide(no_mpp, SMALL, fallback_mpp=0.25)["status"] == "ok"
 
 
@@ -179,3 +190,43 @@ def test_glass_colour_is_not_tissue():
 
     sat = cv2.cvtColor(np.array([[GLASS_RGB, TISSUE_RGB]], np.uint8), cv2.COLOR_RGB2HSV)[0, :, 1]
     assert sat[0] < 8 < sat[1]
+
+
+def test_a_biopsy_under_the_area_filter_says_how_many_their_area_and_the_preset(slide_dir):
+    # a 0.95 mm² biopsy on a 40x slide: 7800 x 1948 px at 0.25 µm/px; default a_t = 100 x (128 µm)² = 1.64 mm²
+    image = glass(8192, 2560)
+    paint(image, (196, 306, 196 + 7800, 306 + 1948), TISSUE_RGB)
+    path = write_aperio(slide_dir / "biopsy.svs", image)
+    record = segment_slide(path, params_from_config("default"))
+    status = record["status"]
+    assert re.match(r"no_tissue: 1 tissue region\(s\) of 0\.9[56] mm²", status), status
+    assert "a_t=100 (×(128 µm)² = 1.64 mm²)" in status
+    assert "segmentation.preset: tcga keeps 1 of them" in status
+    validate_tissue(record)  # a valid status for the record contract
+    # the advice is true: that preset keeps the region
+    kept = segment_slide(path, params_from_config("tcga"))
+    assert kept["status"] == "ok" and kept["tissue_area_mm2"] == pytest.approx(0.95, rel=0.02)
+    # and the a_t suggestion too
+    a_t = float(status.rsplit("e.g. ", 1)[1].rstrip(")"))
+    assert segment_slide(path, params_from_config("default", {"a_t": a_t}))["status"] == "ok"
+    # glass-only stays the bare status
+    assert segment_slide(write_aperio(slide_dir / "glass.svs", glass(2048, 1536)), SMALL)["status"] == "no_tissue"
+
+
+def test_median_threshold_equals_opencv_median_blur_then_threshold():
+    import cv2
+
+    from slidesnake.tissue.segmentation import median_threshold
+
+    rng = np.random.default_rng(0)
+    for ksize in (1, 3, 5, 7, 9, 11, 17):
+        for _ in range(10):
+            image = rng.integers(0, 30, (rng.integers(5, 80), rng.integers(5, 80)), dtype=np.uint8)
+            thresh = int(rng.integers(0, 30))
+            expected = cv2.threshold(cv2.medianBlur(image, ksize), thresh, 255, cv2.THRESH_BINARY)[1]
+            np.testing.assert_array_equal(median_threshold(image, ksize, thresh), expected)
+    # on a real saturation channel (non-contiguous HSV view), CLAM's recipe, exactly
+    image, _ = tissue_slide()
+    sat = cv2.cvtColor(image[::16, ::16], cv2.COLOR_RGB2HSV)[..., 1]
+    ref = cv2.threshold(cv2.medianBlur(np.ascontiguousarray(sat), 7), 8, 255, cv2.THRESH_BINARY)[1]
+    np.testing.assert_array_equal(median_threshold(sat, 7, 8), ref)

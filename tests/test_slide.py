@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from _slide_fixtures import glass, paint, write_aperio, write_generic
 
 from slidesnake.io.slide import (
@@ -17,7 +19,9 @@ from slidesnake.io.slide import (
     patch_size_level0,
     read_patch,
     read_plan,
+    read_region_rgb,
     resolve_mpp,
+    rgba_to_rgb,
     slide_info,
 )
 from slidesnake.io.svs import write_svs
@@ -86,7 +90,7 @@ def test_slide_info_on_real_files(slides):
         assert (info.width, info.height) == (2048, 1536)
     assert slide_info(slides["single"]).level_downsamples == (1.0,)
     assert slide_info(slides["aperio40"]).vendor == "aperio"
-    with pytest.raises(ResolutionError, match="neither.svs.*fallback_mpp"):
+    with pytest.raises(ResolutionError, match="neither.svs.*set mpp_fallback"):
         slide_info(slides["neither"])
     info = slide_info(slides["neither"], fallback_mpp=0.25)
     assert (info.mpp, info.mpp_source) == (0.25, "config-fallback")
@@ -147,3 +151,48 @@ def test_open_slide_errors_name_the_file(tmp_path):
         open_slide(text)
     with pytest.raises(UnreadableSlideError, match="missing.svs: file not found"):
         open_slide(tmp_path / "missing.svs")
+
+
+def _schema_has(dotted: str) -> bool:
+    """True when a dotted config key (e.g. patching.allow_upsample) is a property path of the schema."""
+    root = Path(__file__).resolve().parents[1]
+    schema_path = next(p for p in (root / "slidesnake" / "schema.yaml", root / "config" / "schema.yaml") if p.exists())
+    node = yaml.safe_load(schema_path.read_text())
+    for part in dotted.split("."):
+        node = (node.get("properties") or {}).get(part)
+        if node is None:
+            return False
+    return True
+
+
+def test_resolution_errors_name_config_keys_that_exist(slides):
+    messages = []
+    with pytest.raises(ResolutionError) as no_mpp:
+        slide_info(slides["neither"])
+    messages.append(str(no_mpp.value))
+    with pytest.raises(ResolutionError) as coarse:
+        read_plan(_info(2.0), 20)
+    messages.append(str(coarse.value))
+    with pytest.raises(ValueError) as bad_fallback:
+        resolve_mpp({}, fallback_mpp=-1)
+    messages.append(str(bad_fallback.value))
+    named = {k for m in messages for k in re.findall(r"\b(mpp_fallback|[a-z_]+\.[a-z_]+(?:\.[a-z_]+)*)\b", m)}
+    named = {k for k in named if not k.endswith((".svs", ".tif")) and not k.startswith(("openslide.", "tiff."))}
+    assert {"mpp_fallback", "patching.allow_upsample", "patching.magnifications"} <= named
+    assert all(_schema_has(k) for k in named), named
+    assert "fallback_mpp" not in " ".join(messages)
+
+
+def test_read_region_rgb_equals_openslide_rgba_composited_on_white(tmp_path):
+    image = glass(1000, 700)
+    paint(image, (100, 100, 600, 500), (200, 120, 170))
+    path = write_aperio(tmp_path / "r.svs", image, mpp=0.5, app_mag=20)
+    slide = open_slide(path)
+    # inside, across the right/bottom edge (transparent beyond the slide) and at a coarser level
+    for location, level, size in (((50, 60), 0, (300, 200)), ((900, 600), 0, (256, 256)), ((-40, -40), 1, (120, 90))):
+        ours = read_region_rgb(slide, location, level, size)
+        reference = rgba_to_rgb(np.asarray(slide.read_region(location, level, size)))
+        assert ours.shape == (size[1], size[0], 3) and ours.dtype == np.uint8
+        np.testing.assert_array_equal(ours, reference)
+    outside = read_region_rgb(slide, (990, 690), 0, (20, 20))
+    assert (outside[15:, 15:] == 255).all()  # beyond the slide reads as white glass

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import socket
 from dataclasses import replace
 
 import pytest
+import requests
 from _fake_servers import FakeServer
 
 from slidesnake.data.token import Token
@@ -16,12 +18,14 @@ from slidesnake.data.transfer import (
     DownloadFailures,
     ErrorPageError,
     IntegrityError,
+    NoRouteError,
     RemoteFile,
     TransferConfig,
     TransferError,
     backoff_delay,
     download,
     download_many,
+    no_route_reason,
     partial_path,
 )
 
@@ -193,3 +197,45 @@ def test_backoff_is_bounded_and_grows():
     delays = [backoff_delay(a, 1.0, 10.0, rng) for a in range(8)]
     assert all(0 <= d <= min(10.0, 2**a) for a, d in enumerate(delays))
     assert max(backoff_delay(20, 1.0, 10.0, rng) for _ in range(50)) <= 10.0
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """Name resolution fails for *.invalid as on a compute node without DNS (EAI_AGAIN), others resolve."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if str(host).endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("kind", ["refused", "dns"])
+def test_no_route_fails_at_once_with_login_node_advice(kind, tmp_path, no_dns):
+    url = f"http://127.0.0.1:{closed_port()}/f.bin" if kind == "refused" else "http://api.gdc.invalid/f.bin"
+    sleeps = []
+    cfg = replace(FAST, retries=8)
+    with pytest.raises(NoRouteError) as err:
+        download(RemoteFile(url, tmp_path / "f.bin", MD5, len(CONTENT)), config=cfg, sleep=sleeps.append)
+    assert sleeps == []  # no retries, no back-off
+    message = str(err.value)
+    reason = "connection refused" if kind == "refused" else "name resolution failed"
+    assert message.startswith(f"{url}: {reason}; this node has no route to the API")
+    assert "login node" in message and "--until gdc_download_slide" in message
+    assert no_route_reason(requests.ConnectionError("read timed out")) is None  # other failures still retry
+
+
+def test_download_many_stops_at_the_first_no_route(tmp_path):
+    port = closed_port()
+    remotes = [RemoteFile(f"http://127.0.0.1:{port}/{i}.bin", tmp_path / f"{i}.bin", "", 10) for i in range(20)]
+    with pytest.raises(NoRouteError, match="no route to the API"):
+        download_many(remotes, replace(FAST, retries=8, parallel=1))

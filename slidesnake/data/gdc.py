@@ -25,6 +25,8 @@ from slidesnake.data.transfer import (
     backoff_delay,
     download,
     download_many,
+    no_route_message,
+    no_route_reason,
 )
 from slidesnake.errors import ComputationError
 from slidesnake.io.atomic import write_csv
@@ -143,6 +145,9 @@ class GdcClient:
             try:
                 resp = self.session.post(url, json=body, timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as exc:
+                reason = no_route_reason(exc)
+                if reason is not None:  # DNS failure or refused: retrying on a node without network cannot help
+                    raise GdcError(no_route_message(url, reason)) from None
                 error = f"{type(exc).__name__} from {url}"
             else:
                 if resp.status_code not in _RETRY_STATUS:

@@ -7,11 +7,13 @@ Error pages (HTML/JSON bodies, e.g. a gateway's 504 page) are refused before a b
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import queue
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from tqdm import tqdm
 
 from slidesnake.data.token import Token, scrub
 from slidesnake.errors import ComputationError
+from slidesnake.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,48 @@ def _md5_object(path: Path) -> Any:
     return digest
 
 
+class NoRouteError(TransferError):
+    """The host has no route to the server (DNS failure, connection refused, network unreachable).
+
+    Retrying cannot help on a compute node without internet, so this fails at once.
+    """
+
+
+_NO_ROUTE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH})
+
+DOWNLOAD_ON_LOGIN_NODE = (
+    "this node has no route to the API (no network: a cluster compute node?); run the download stage on a "
+    "login node with internet, e.g. `snakemake --configfile <cohort.yaml> --cores 4 --until gdc_download_slide "
+    "gdc_clinical gdc_mutations` (GEO: --until geo_download), then run the rest where you like"
+)
+
+
+def no_route_reason(exc: BaseException) -> str | None:
+    """'name resolution failed' / 'connection refused' / 'network unreachable' when ``exc`` (a requests
+    error and its chain of causes) says the host cannot reach the server at all, else None."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, socket.gaierror) or type(err).__name__ == "NameResolutionError":
+            return "name resolution failed"
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
+            return "connection refused" if err.errno == errno.ECONNREFUSED else "network unreachable"
+        nxt = [err.__cause__, err.__context__, getattr(err, "reason", None), *getattr(err, "args", ())]
+        stack.extend(e for e in nxt if isinstance(e, BaseException))
+    return None
+
+
+def no_route_message(url: str, reason: str) -> str:
+    """The error text for :class:`NoRouteError`: which URL, why, and how to download elsewhere."""
+    return f"{url}: {reason}; {DOWNLOAD_ON_LOGIN_NODE}"
+
+
 class _Retry(Exception):
     """Internal: a transient failure (5xx, timeout, reset, short read) worth another attempt."""
 
@@ -281,6 +325,9 @@ def _fetch_into(
     try:
         resp = sess.get(remote.url, headers=headers, stream=True, timeout=cfg.timeout_s)
     except _TRANSIENT as exc:
+        reason = no_route_reason(exc)
+        if reason is not None:
+            raise NoRouteError(no_route_message(remote.url, reason)) from None
         raise _Retry(f"{type(exc).__name__} connecting to {remote.url}") from None
     with resp:
         status = resp.status_code
@@ -405,16 +452,24 @@ def download_many(
         with session_factory() as sess:
             return download(remote, sess, cfg, token)
 
+    progress = Progress(len(remotes), "download", unit="files", logger=log)
     with ThreadPoolExecutor(max_workers=max(1, cfg.parallel)) as pool:
         futures = {pool.submit(work, r): r for r in remotes}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="download", unit="file"):
+        for fut in as_completed(futures):
             remote = futures[fut]
+            progress.update(1)
             try:
                 results.append(fut.result())
+            except NoRouteError:
+                # no network at all: every other file would fail the same way, so stop now
+                for other in futures:
+                    other.cancel()
+                raise
             except (TransferError, OSError) as exc:
                 reason = scrub(str(exc), token)
                 log.error("%s failed: %s", remote.name, reason)
                 failures[remote.name] = reason
+    progress.close()
     if failures:
         raise DownloadFailures(failures)
     return results

@@ -1,7 +1,11 @@
-"""Encoder registry: one interface over open_clip, Hugging Face CLIP and CONCH vision-language models.
+"""Encoder registry: one interface over open_clip, Hugging Face CLIP and CONCH vision-language models,
+and the image-only pathology foundation models (UNI, UNI2-h, Virchow2, H-optimus-0, Prov-GigaPath,
+Phikon-v2) through timm / transformers.
 
-Each entry knows its source, input size, mean/std, embedding dim and whether image embeddings come out
-L2-normalised, and one loaded :class:`Encoder` serves both towers (image and text). Hub ids resolve
+Each entry knows its source, input size, mean/std, pooling, embedding dim and whether image embeddings
+come out L2-normalised; a loaded :class:`Encoder` serves both towers (image and text) where the model
+has them. Image-only encoders have ``has_text_tower=False``: anything that needs text (zero-shot,
+prompt tuning, retrieval) calls :func:`require_text_tower`, which refuses them with a clear message. Hub ids resolve
 through the standard Hugging Face cache, so weights pre-fetched on a login node load offline
 (``HF_HUB_OFFLINE=1``) on a compute node under the same id; everything is then loaded from that
 local folder, the same code a local checkpoint folder goes through.
@@ -29,6 +33,10 @@ log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)  # H-optimus-0 model card
+HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 CONCH_PACKAGE_HINT = "pip install git+https://github.com/Mahmoodlab/CONCH.git"
@@ -68,18 +76,45 @@ class EncoderFormatError(InputError):
     """A local folder or file exists but is not a format any loader recognises."""
 
 
+class ImageOnlyEncoderError(ValueError):
+    """A vision-language step (zero-shot, prompts, text embeddings) was given an image-only encoder."""
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """What a pipeline needs to know about an encoder without loading it."""
 
     name: str
     source: str
-    family: str  # "open_clip" | "hf_clip" | "conch" | "tiny"
+    family: str  # "open_clip" | "hf_clip" | "conch" | "tiny" | "timm" | "hf_vision"
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     dim: int
     normalized: bool
+    has_text_tower: bool = True  # False: image-only, refused by every vision-language step
+    pooling: str = "projection"  # "projection" (CLIP image tower) | "cls" | "cls+mean_patch"
+    crop_pct: float = 1.0  # < 1: resize to image_size / crop_pct, then centre-crop image_size (timm's convention)
+
+    @property
+    def input_size(self) -> int:
+        """Side the patch is resized to before the centre crop (image_size when there is no crop)."""
+        return self.image_size if self.crop_pct >= 1.0 else round(self.image_size / self.crop_pct)
+
+
+@dataclass(frozen=True)
+class VisionRecipe:
+    """How an image-only model is built, as its model card does it.
+
+    ``kwargs`` are the keyword arguments the card passes to ``timm.create_model`` (dotted names of
+    layer classes are resolved at load time, so the registry imports neither timm nor torch layers);
+    ``architecture`` is the timm architecture (or transformers ``model_type``) of the hub config.
+    """
+
+    library: str  # "timm" | "transformers"
+    architecture: str
+    card: str
+    kwargs: dict[str, Any]
 
 
 # Image embeddings of QuiltNet/PLIP are the raw projections (as in the HiVE-MIL/ViLa-MIL extractors);
@@ -95,6 +130,81 @@ REGISTRY: dict[str, EncoderSpec] = {
         ),
         EncoderSpec("plip", "hf-hub:vinid/plip", "hf_clip", 224, OPENAI_MEAN, OPENAI_STD, 512, False),
         EncoderSpec("conch", "hf-hub:MahmoodLab/conch", "conch", 448, OPENAI_MEAN, OPENAI_STD, 512, True),
+        # Image-only pathology foundation models (facts from each model card; dims are what the card's
+        # recipe returns per 224 px tile). Features are the card's embedding, not L2-normalised.
+        EncoderSpec(
+            "uni",
+            "hf-hub:MahmoodLab/UNI",
+            "timm",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            1024,
+            False,
+            has_text_tower=False,
+            pooling="cls",
+        ),
+        EncoderSpec(
+            "uni2-h",
+            "hf-hub:MahmoodLab/UNI2-h",
+            "timm",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            1536,
+            False,
+            has_text_tower=False,
+            pooling="cls",
+        ),
+        EncoderSpec(
+            "virchow2",
+            "hf-hub:paige-ai/Virchow2",
+            "timm",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            2560,
+            False,
+            has_text_tower=False,
+            pooling="cls+mean_patch",
+        ),
+        EncoderSpec(
+            "h-optimus-0",
+            "hf-hub:bioptimus/H-optimus-0",
+            "timm",
+            224,
+            HOPTIMUS_MEAN,
+            HOPTIMUS_STD,
+            1536,
+            False,
+            has_text_tower=False,
+            pooling="cls",
+        ),
+        EncoderSpec(
+            "prov-gigapath",
+            "hf-hub:prov-gigapath/prov-gigapath",
+            "timm",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            1536,
+            False,
+            has_text_tower=False,
+            pooling="cls",
+            crop_pct=224 / 256,
+        ),
+        EncoderSpec(
+            "phikon-v2",
+            "hf-hub:owkin/phikon-v2",
+            "hf_vision",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            1024,
+            False,
+            has_text_tower=False,
+            pooling="cls",
+        ),
         EncoderSpec(
             "tiny-clip",
             f"random-init:seed={TINY_CLIP_SEED}",
@@ -107,6 +217,65 @@ REGISTRY: dict[str, EncoderSpec] = {
         ),
     )
 }
+
+
+_SWIGLU = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
+
+# create_model kwargs exactly as each card passes them (the rest comes from the hub config.json).
+VISION_RECIPES: dict[str, VisionRecipe] = {
+    "uni": VisionRecipe(
+        "timm", "vit_large_patch16_224", "https://huggingface.co/MahmoodLab/UNI",
+        {"init_values": 1e-5, "dynamic_img_size": True},
+    ),
+    "uni2-h": VisionRecipe(
+        "timm", "vit_giant_patch14_224", "https://huggingface.co/MahmoodLab/UNI2-h",
+        {
+            "img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5,
+            "embed_dim": 1536, "mlp_ratio": 2.66667 * 2, "num_classes": 0, "no_embed_class": True,
+            **_SWIGLU, "reg_tokens": 8, "dynamic_img_size": True,
+        },
+    ),
+    # Virchow2: the card's embedding is cat(class token, mean of the patch tokens after the 4 registers)
+    "virchow2": VisionRecipe("timm", "vit_huge_patch14_224", "https://huggingface.co/paige-ai/Virchow2", _SWIGLU),
+    "h-optimus-0": VisionRecipe(
+        "timm", "vit_giant_patch14_reg4_dinov2", "https://huggingface.co/bioptimus/H-optimus-0",
+        {"init_values": 1e-5, "dynamic_img_size": False},
+    ),
+    # Prov-GigaPath tile encoder: Resize(256, bicubic) + CenterCrop(224) (crop_pct 0.875), ImageNet mean/std
+    "prov-gigapath": VisionRecipe(
+        "timm", "vit_giant_patch14_dinov2", "https://huggingface.co/prov-gigapath/prov-gigapath", {}
+    ),
+    # Phikon-v2: transformers AutoModel (DINOv2 ViT-L), feature = last_hidden_state[:, 0]
+    "phikon-v2": VisionRecipe("transformers", "dinov2", "https://huggingface.co/owkin/phikon-v2", {}),
+}  # fmt: skip
+
+
+def has_text_tower(encoder: str | EncoderSpec | Encoder) -> bool:
+    """Whether an encoder (loaded, a spec, or a registry name) has a text tower; unknown names count as yes
+    (hub ids and folders are open_clip / CLIP formats, which have one)."""
+    spec = _spec_of(encoder)
+    return True if spec is None else spec.has_text_tower
+
+
+def require_text_tower(encoder: str | EncoderSpec | Encoder, purpose: str = "this vision-language step") -> None:
+    """Raise ImageOnlyEncoderError unless ``encoder`` has a text tower; ``purpose`` names the caller."""
+    spec = _spec_of(encoder)
+    if spec is None or spec.has_text_tower:
+        return
+    vl = ", ".join(n for n, s in REGISTRY.items() if s.has_text_tower)
+    raise ImageOnlyEncoderError(
+        f"encoder '{spec.name}' ({spec.source}) is an image-only encoder (no text tower), so {purpose} cannot "
+        f"use it; choose a vision-language encoder ({vl}, an open_clip / Hugging Face CLIP folder or a "
+        f"pipeline-trained encoder). '{spec.name}' works for the MIL models (image features only)."
+    )
+
+
+def _spec_of(encoder: str | EncoderSpec | Encoder) -> EncoderSpec | None:
+    if isinstance(encoder, EncoderSpec):
+        return encoder
+    if isinstance(encoder, Encoder):
+        return encoder.spec
+    return REGISTRY.get(str(encoder).strip().lower())
 
 
 class Encoder(torch.nn.Module, abc.ABC):
@@ -129,16 +298,19 @@ class Encoder(torch.nn.Module, abc.ABC):
     def preprocess(self, patches: torch.Tensor) -> torch.Tensor:
         """uint8 (B,H,W,3) or (B,3,H,W) -> normalised float (B,3,S,S) on the encoder's device.
 
-        Patches not already at the input size S are resized with :func:`resize_patches` on the CPU (the
+        Patches not already at the input size are resized with :func:`resize_patches` on the CPU (the
         extractor's workers do that step, so the model only converts and normalises, on its device).
         The result is a channels_last view of the HWC pixels, the layout CUDA convolutions prefer.
         """
         if patches.ndim != 4 or 3 not in (patches.shape[1], patches.shape[-1]):
             raise ValueError(f"patches must be (B,H,W,3) or (B,3,H,W) uint8, got shape {tuple(patches.shape)}")
         hwc = patches.permute(0, 2, 3, 1) if patches.shape[1] == 3 else patches
-        size = self.spec.image_size
+        size = self.spec.input_size
         if tuple(hwc.shape[1:3]) != (size, size):
             hwc = torch.from_numpy(resize_patches(hwc.cpu().numpy(), size))
+        if size != self.spec.image_size:  # centre crop, as the card's CenterCrop
+            top = (size - self.spec.image_size) // 2
+            hwc = hwc[:, top : top + self.spec.image_size, top : top + self.spec.image_size]
         x = hwc.permute(0, 3, 1, 2).to(self._scale.device, non_blocking=True).float()
         return x.mul_(self._scale).add_(self._shift)
 
@@ -162,6 +334,31 @@ class _OpenClipEncoder(Encoder):
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(self.device)
         return self.model.encode_text(tokens, normalize=True)
+
+
+class _ImageOnlyEncoder(Encoder):
+    """An image-only foundation model: encode_text refuses with the message of require_text_tower."""
+
+    def __init__(self, spec: EncoderSpec, model: torch.nn.Module) -> None:
+        super().__init__(spec, model, 1.0)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        require_text_tower(self.spec, "text embedding")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _TimmVisionEncoder(_ImageOnlyEncoder):
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        if self.spec.pooling == "cls":
+            return self.model(images)  # num_classes=0, global_pool "token": the card's model(x)
+        tokens = self.model.forward_features(images)  # (B, prefix + patches, D) after the final norm
+        patches = tokens[:, self.model.num_prefix_tokens :]  # class token and registers excluded
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)
+
+
+class _HFVisionEncoder(_ImageOnlyEncoder):
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=images).last_hidden_state[:, 0, :]
 
 
 class _HFClipEncoder(Encoder):
@@ -269,6 +466,10 @@ def _load_registered(spec: EncoderSpec) -> Encoder:
     if spec.family == "tiny":
         return _build_tiny_clip(spec)
     repo_id = spec.source[len(HF_HUB_PREFIX) :]
+    if spec.family == "timm":
+        return _load_timm(spec, VISION_RECIPES[spec.name], repo_id)
+    if spec.family == "hf_vision":
+        return _load_hf_vision(spec, _hub_folder(spec.name, repo_id, "hf_vision"))
     if spec.family == "conch":
         return _load_conch(spec, lambda: _hub_file(spec.name, repo_id, CONCH_WEIGHTS))
     encoder = _load_folder(spec.name, _hub_folder(spec.name, repo_id, spec.family))
@@ -333,6 +534,9 @@ def _hub_folder(name: str, repo_id: str, family: str | None) -> Path:
             return config.parent
     config = _hub_file(name, repo_id, "config.json")
     _hub_first(name, repo_id, HF_CLIP_WEIGHTS)
+    if family == "hf_vision":
+        _hub_optional(repo_id, "preprocessor_config.json")
+        return config.parent
     for extra in HF_CLIP_EXTRA:
         _hub_optional(repo_id, extra)
     return config.parent
@@ -455,6 +659,53 @@ def _build_tiny_clip(spec: EncoderSpec) -> Encoder:
         torch.manual_seed(TINY_CLIP_SEED)
         model = open_clip.CLIP(**TINY_CLIP_CFG)
     return _OpenClipEncoder(spec, model, open_clip.get_tokenizer("ViT-B-32"))
+
+
+def _resolve_dotted(value: Any) -> Any:
+    """'timm.layers.SwiGLUPacked' -> the class (recipe kwargs name layer classes as strings)."""
+    if isinstance(value, str) and value.startswith(("timm.", "torch.")):
+        import importlib
+
+        module, _, attr = value.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+    return value
+
+
+def _load_timm(spec: EncoderSpec, recipe: VisionRecipe, repo_id: str) -> Encoder:
+    """timm.create_model('hf-hub:<id>', pretrained=True, **card kwargs): the card's own call. Offline it
+    reads the HF cache; the config and weights are looked up first so a missing file is a clear error."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise EncoderDependencyError(f"encoder '{spec.name}' needs the package 'timm': pip install timm") from exc
+    _hub_file(spec.name, repo_id, "config.json")
+    _hub_first(spec.name, repo_id, HF_CLIP_WEIGHTS)
+    kwargs = {k: _resolve_dotted(v) for k, v in recipe.kwargs.items()}
+    kwargs.setdefault("num_classes", 0)
+    model = timm.create_model(f"{HF_HUB_PREFIX}{repo_id}", pretrained=True, **kwargs)
+    dim = int(model.num_features) * (2 if spec.pooling == "cls+mean_patch" else 1)
+    return _TimmVisionEncoder(_checked_dim(spec, dim), model)
+
+
+def _checked_dim(spec: EncoderSpec, dim: int) -> EncoderSpec:
+    """The spec with the dim the loaded weights give (a checkpoint of another width is named in the log)."""
+    if dim != spec.dim:
+        log.warning(
+            "encoder '%s': the loaded model gives %d-dim features, the registry says %d", spec.name, dim, spec.dim
+        )
+    return replace(spec, dim=dim)
+
+
+def _load_hf_vision(spec: EncoderSpec, folder: Path) -> Encoder:
+    """transformers AutoModel.from_pretrained on the hub snapshot folder (what the id resolves to)."""
+    try:
+        from transformers import AutoModel
+    except ImportError as exc:
+        raise EncoderDependencyError(
+            f"encoder '{spec.name}' needs the package 'transformers': pip install transformers"
+        ) from exc
+    model = AutoModel.from_pretrained(folder, local_files_only=True)
+    return _HFVisionEncoder(_checked_dim(spec, int(model.config.hidden_size)), model)
 
 
 def _load_hf_clip_folder(name: str, folder: Path) -> Encoder:

@@ -26,7 +26,6 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from slidesnake.errors import InputError
 from slidesnake.features.device import inference_context, select_device
@@ -34,6 +33,7 @@ from slidesnake.features.encoders import REGISTRY, Encoder, EncoderSpec, load_en
 from slidesnake.io.atomic import atomic_path
 from slidesnake.io.coords import plan_from_attrs, read_coords
 from slidesnake.io.slide import ReadPlan, open_slide, read_patch
+from slidesnake.progress import DEFAULT_INTERVAL_S, Progress
 
 __all__ = [
     "CoordsMismatchError",
@@ -200,6 +200,7 @@ def extract_features(
     device: str = "auto",
     fallback_mpp: float | None = None,
     cores: int | None = None,
+    progress_interval: float = DEFAULT_INTERVAL_S,
 ) -> list[int]:
     """Write one DESIGN §2 features h5 per encoder from a single pass over the slide's patches.
 
@@ -208,7 +209,8 @@ def extract_features(
     on the CPU, where the model's threads are also set for the run (and restored); both size themselves
     to ``cores`` (the job's threads), else to the cores this process may run on. Rows follow the coords
     file's order. An existing output with the same encoder, dim and coords is kept (not recomputed).
-    Returns the number of patches written (or kept) per output.
+    Progress (patches/s, ETA) is logged every ``progress_interval`` seconds. Returns the number of
+    patches written (or kept) per output.
     """
     if len(encoders) != len(out_paths):
         raise ValueError(f"{len(encoders)} encoders but {len(out_paths)} output paths; give one output per encoder")
@@ -230,6 +232,8 @@ def extract_features(
 
     common = {k: attrs[k] for k in COPIED_ATTRS if k in attrs}
     common["slide"] = os.fspath(slide_path)
+    with h5py.File(coords_h5, "r") as f:
+        coords_attrs = {k: v for k, v in f["coords"].attrs.items()}  # CLAM/TRIDENT read these on "coords"
     plan = _plan_for(slide_path, coords_h5, attrs, fallback_mpp) if len(coords) else None
     channels_last = torch_device.type == "cuda"
     runners = []
@@ -243,12 +247,12 @@ def extract_features(
         for i, runner in zip(todo, runners):
             tmp = stack.enter_context(atomic_path(out_paths[i]))
             files.append(stack.enter_context(h5py.File(tmp, "w")))
-            _init_output(files[-1], runner.encoder.spec, coords, common)
+            _init_output(files[-1], runner.encoder.spec, coords, common, coords_attrs)
         if plan is not None:
-            sizes = sorted({r.encoder.spec.image_size for r in runners})
+            sizes = sorted({r.encoder.spec.input_size for r in runners})
             dataset = PatchBatches(slide_path, coords, plan, sizes, batch_size)
             stack.callback(dataset.close)
-            _run(dataset, runners, files, torch_device, workers, cores)
+            _run(dataset, runners, files, torch_device, workers, cores, progress_interval)
     for i in todo:
         log.info("%s: %d patches with %s", out_paths[i], len(coords), loaded[i].spec.name)
     return [len(coords)] * len(encoders)
@@ -290,6 +294,7 @@ def _run(
     device: torch.device,
     num_workers: int | None,
     cores: int,
+    progress_interval: float = DEFAULT_INTERVAL_S,
 ) -> None:
     """Feed every batch to every encoder and write the rows; a batch's features are fetched after the
     next batch is queued, so on CUDA the device computes while the host waits on readers and h5.
@@ -297,9 +302,13 @@ def _run(
     On the CPU the first batch is read here, timing the read and a one-thread probe of the models, and
     :func:`cpu_share` splits the cores before the readers start; that batch is not read again.
     """
-    slot = [dataset.sizes.index(r.encoder.spec.image_size) for r in runners]
-    progress = tqdm(
-        total=len(dataset.coords), desc=f"features {Path(dataset.slide_path).name}", unit="patch", disable=None
+    slot = [dataset.sizes.index(r.encoder.spec.input_size) for r in runners]
+    names = "+".join(r.encoder.spec.name for r in runners)
+    progress = Progress(
+        len(dataset.coords),
+        f"features {Path(dataset.slide_path).name} [{names}]",
+        interval=progress_interval,
+        logger=log,
     )
     threads = torch.get_num_threads()
     first: list[tuple[torch.Tensor, ...]] = []  # batches read here rather than by the workers
@@ -378,9 +387,11 @@ def _write(files: list[h5py.File], start: int, outputs: list[torch.Tensor]) -> i
     return stop
 
 
-def _init_output(f: h5py.File, spec: EncoderSpec, coords: np.ndarray, common: dict[str, Any]) -> None:
+def _init_output(
+    f: h5py.File, spec: EncoderSpec, coords: np.ndarray, common: dict[str, Any], coords_attrs: dict[str, Any]
+) -> None:
     f.create_dataset("features", shape=(len(coords), spec.dim), dtype=np.float32)
-    f.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
+    f.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2)).attrs.update(coords_attrs)
     f.attrs.update(common)
     f.attrs.update(
         encoder=spec.name, source=spec.source, dim=spec.dim, normalized=spec.normalized, image_size=spec.image_size

@@ -68,16 +68,21 @@ def write_h5(
     datasets: dict[str, np.ndarray],
     attrs: dict[str, Any] | None = None,
     compression: str | None = None,
+    dataset_attrs: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Write named arrays (and root attributes) to an HDF5 file, atomically.
 
     Empty arrays are written with their full shape so readers see (0, D), not a missing key.
+    ``dataset_attrs`` maps a dataset name to attributes written on that dataset (CLAM/TRIDENT read
+    their metadata from ``f["coords"].attrs``).
     """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name, arr in datasets.items():
                 arr = np.asarray(arr)
-                f.create_dataset(name, data=arr, compression=compression if arr.size else None)
+                dset = f.create_dataset(name, data=arr, compression=compression if arr.size else None)
+                for key, value in ((dataset_attrs or {}).get(name) or {}).items():
+                    dset.attrs[key] = "" if value is None else value
             for key, value in (attrs or {}).items():
                 f.attrs[key] = "" if value is None else value
 

@@ -160,7 +160,7 @@ def patch_slide(
     }  # fmt: skip
     coords = np.zeros((0, 2), dtype=np.int64)
     # A slide without tissue still gets its read plan, so downstream files describe the same grid.
-    if tissue["status"] in (STATUS_OK, STATUS_NO_TISSUE) and mpp:
+    if (tissue["status"] == STATUS_OK or tissue["status"].startswith(STATUS_NO_TISSUE)) and mpp:
         try:
             plan = read_plan(_info_of_record(tissue, mpp), mag, patch_size, allow_upsample)
         except ResolutionError as exc:
@@ -176,9 +176,43 @@ def patch_slide(
             )  # fmt: skip
             if tissue["status"] == STATUS_OK:
                 coords = patch_coords({**tissue, "mpp": mpp}, mag, patch_size, min_tissue_fraction)
-    write_h5(out_h5, {"coords": coords}, attrs)
+    write_h5(out_h5, {"coords": coords}, attrs, dataset_attrs={"coords": coords_dataset_attrs(tissue, attrs, mpp)})
     log.info("%s: %d patches at %gx", tissue["slide_id"], len(coords), mag)
     return len(coords)
+
+
+def coords_dataset_attrs(tissue: dict, attrs: dict[str, Any], mpp: float | None) -> dict[str, Any]:
+    """The attributes CLAM's and TRIDENT's readers look up on the ``coords`` dataset (not the file).
+
+    TRIDENT (``read_coords``/``create_patcher``): ``patch_size`` (px at the target magnification),
+    ``level0_magnification``, ``target_magnification``, ``patch_size_level0``, ``overlap``, ``name``,
+    ``level0_width``/``level0_height``. CLAM (``Whole_Slide_Bag_FP``) reads ``patch_size`` px at
+    ``patch_level``: our read level, which covers exactly one patch whenever the slide has a level at
+    the target mpp (a 20x scan at 20x and 5x); otherwise no level is exact and ``read_size`` says what
+    CLAM would need (see docs/formats.md).
+    """
+    width, height = int(tissue.get("width") or 0), int(tissue.get("height") or 0)
+    level = int(attrs["read_level"])
+    downsample = float(attrs["read_downsample"]) or 1.0
+    size0 = int(attrs["patch_size_level0"])
+    return {
+        "patch_size": int(attrs["patch_size"]),
+        "patch_size_level0": size0,
+        "level0_magnification": round(mag_to_mpp(mpp), 4) if mpp else 0.0,
+        "target_magnification": float(attrs["magnification"]),
+        "overlap": 0,
+        "name": str(tissue["slide_id"]),
+        "savetodir": "",
+        "level0_width": width,
+        "level0_height": height,
+        "patch_level": max(level, 0),
+        "read_size": round(size0 / downsample) if size0 else 0,
+        "downsample": [downsample, downsample],
+        "level_dim": [width, height],
+        "downsampled_level_dim": [round(width / downsample), round(height / downsample)],
+        "wsi_name": str(tissue["slide_id"]),
+        "target_mpp": float(attrs["target_mpp"]),
+    }
 
 
 def _info_of_record(tissue: dict, mpp: float) -> SlideInfo:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 
 from slidesnake.io.atomic import write_json
+from slidesnake.tissue.geojson import write_tissue_geojson
 from slidesnake.tissue.patching import patch_slide, read_coords
 from slidesnake.tissue.qc import render_qc
 from slidesnake.tissue.segmentation import STATUS_OK, SegmentationParams, segment_slide
@@ -32,13 +33,17 @@ def run_tissue_stage(
     min_tissue_fraction: float = 0.0,
     allow_upsample: bool = False,
     fallback_mpp: float | None = None,
+    tissue_geojson: str | os.PathLike | None = None,
 ) -> dict:
-    """Write the tissue JSON, one coords h5 per magnification and the QC PNG; returns the tissue record.
+    """Write the tissue JSON (and its GeoJSON twin), one coords h5 per magnification and the QC PNG;
+    returns the tissue record.
 
     A bad slide never raises: its status goes into every file and the QC picture shows it.
     """
     record = segment_slide(slide_path, params, fallback_mpp=fallback_mpp, slide_id=slide_id)
     write_json(tissue_json, record)
+    if tissue_geojson is not None:
+        write_tissue_geojson(tissue_geojson, record)
     for mag, out in coords_h5.items():
         patch_slide(
             record,

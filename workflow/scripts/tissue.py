@@ -16,4 +16,5 @@ run_tissue_stage(
     min_tissue_fraction=snakemake.params.min_tissue_fraction,
     allow_upsample=snakemake.params.allow_upsample,
     fallback_mpp=snakemake.params.mpp_fallback,
+    tissue_geojson=snakemake.output.geojson,
 )
