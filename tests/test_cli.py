@@ -162,9 +162,7 @@ def test_slidesnake_errors_are_one_line_on_stderr_with_their_exit_code(error, co
     def fail(args):
         raise error
 
-    parser = build_parser()
-    parser.set_defaults(func=fail)
-    monkeypatch.setattr("slidesnake.cli.build_parser", lambda: parser)
+    monkeypatch.setattr("slidesnake.cli.cmd_encoders", fail)  # build_parser binds the command by name
     assert main(["encoders"]) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(error) in err and "Traceback" not in err
