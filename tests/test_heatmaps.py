@@ -208,7 +208,12 @@ def _slide_features(root, slide, dim=16):
     """20x and 5x features of the fixture slide (0.25 µm/px: 512 / 2048 level-0 px) and their hierarchy."""
     rng = np.random.default_rng(1)
     c20 = np.array([(x, y) for y in range(0, 1536, 512) for x in range(0, 2048, 512)], np.int64)
-    attrs = {"encoder": "toy", "magnification": 20.0, "patch_size": 256, "patch_size_level0": 512}
+    attrs = {
+        "encoder": "synthetic",
+        "magnification": 20.0,
+        "patch_size": 256,
+        "patch_size_level0": 512,
+    }  # the encoder the fixture models were trained on (checkpoints refuse others)
     write_h5(root / "f20.h5", {"features": rng.normal(size=(12, dim)).astype(np.float32), "coords": c20}, attrs)
     attrs5 = {**attrs, "magnification": 5.0, "patch_size_level0": 2048}
     write_h5(

@@ -42,7 +42,7 @@ def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = 
     """Read a model.pt (weights only, on the CPU) and check it against ``expect``.
 
     ``expect`` maps keys of :data:`CHECKED` to the values the caller needs (e.g. the encoder and
-    magnification recorded in the features it will score); None values are not checked. A mismatch
+    magnification recorded in the features it will score); a value unknown on either side is not checked. A mismatch
     raises :class:`CheckpointError` naming the file, the key, both values and the fix.
     """
     try:
@@ -56,10 +56,10 @@ def load_checkpoint(path: str | os.PathLike, expect: Mapping[str, Any] | None = 
     for key, wanted in (expect or {}).items():
         if key not in CHECKED:
             raise ValueError(f"cannot check checkpoint key {key!r}; checkable keys: {CHECKED}")
-        if wanted is None:
-            continue
         recorded = record.get(key)
-        if recorded is None or not _same(recorded, wanted):
+        if wanted is None or recorded is None:  # unknown on either side (features without the attr): no check
+            continue
+        if not _same(recorded, wanted):
             raise CheckpointError(
                 f"{path} was trained with {key}={recorded!r} but is used with {key}={wanted!r}; "
                 f"use the {key} the model was trained on (or retrain it for this one)"
