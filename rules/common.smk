@@ -4,6 +4,7 @@ import os
 
 from slidesnake.naming import encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
+from slidesnake.validation import check_names, parquet_columns
 
 
 def sorted_keys(value):
@@ -22,11 +23,6 @@ MAGS = config["patching"]["magnifications"]
 ENCODERS = {encoder_slug(name): name for name in config["features"]["encoders"]}
 TRAIN = config["training"]
 TRAIN_ENCODER = encoder_slug(TRAIN["encoder"])
-if TRAIN_ENCODER not in ENCODERS:
-    raise ValueError(
-        f"config key 'training.encoder' is {TRAIN['encoder']!r}, which is not among 'features.encoders' "
-        f"{list(ENCODERS.values())}: training reads the features of one of those encoders"
-    )
 TASKS = config["tasks"]
 FEATURES = config["features"]
 HIERARCHY = 5 in MAGS and 20 in MAGS
@@ -67,6 +63,23 @@ def _static_sheet():
 
 SHEET = _static_sheet()
 SHEET_PATHS = dict(zip(SHEET["slide_id"], SHEET["path"])) if SHEET is not None else {}
+
+
+def _label_table_columns():
+    """Columns of the clinical and mutation tables where they already exist (None: not known yet)."""
+    return {
+        source: (f"results/{COHORT}/{source}.parquet", parquet_columns(f"results/{COHORT}/{source}.parquet"))
+        for source in ("clinical", "mutations")
+    }
+
+
+# Misspelt encoders, models and task columns stop the parse (snakemake -n) with one line naming the key.
+check_names(config, SHEET.columns if SHEET is not None else None, _label_table_columns())
+if TRAIN_ENCODER not in ENCODERS:
+    raise ValueError(
+        f"config key 'training.encoder' is {TRAIN['encoder']!r}, which is not among 'features.encoders' "
+        f"{list(ENCODERS.values())}: training reads the features of one of those encoders"
+    )
 
 
 def cohort_sheet():

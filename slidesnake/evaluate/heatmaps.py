@@ -26,7 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
-from slidesnake.features.device import select_device
+from slidesnake.device import select_device
 from slidesnake.hierarchy import CHILDREN_PER_SIDE
 from slidesnake.io.atomic import atomic_path
 from slidesnake.io.slide import ReadPlan, open_slide, read_patch, read_plan, slide_info

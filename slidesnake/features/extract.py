@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from slidesnake.features.device import inference_context, select_device
+from slidesnake.device import inference_context, select_device
 from slidesnake.features.encoders import REGISTRY, Encoder, EncoderSpec, load_encoder, resize_patch
 from slidesnake.io.atomic import atomic_path
 from slidesnake.io.slide import ReadPlan, open_slide, read_patch, read_plan, slide_info

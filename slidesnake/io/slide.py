@@ -189,7 +189,7 @@ def _info_of(slide: openslide.OpenSlide, path: str, fallback_mpp: float | None) 
     if mpp is None:
         raise ResolutionError(
             f"{path}: no resolution found (no openslide.mpp-x, TIFF resolution tags or objective power); "
-            "set fallback_mpp for this cohort in the config"
+            "set the config key mpp_fallback (µm per pixel) for this cohort"
         )
     power = _positive_float(props.get("openslide.objective-power"))
     if power is not None and source != "objective-power" and not 0.5 < mag_to_mpp(power) / mpp < 2.0:

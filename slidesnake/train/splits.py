@@ -37,7 +37,7 @@ def make_splits(
             raise SplitError(f"slide sheet has no {column!r} column; splits need slide_id and case_id")
     patients = _patient_strata(slides, label_column)
     if len(patients) < k:
-        raise SplitError(f"{len(patients)} patients cannot fill k={k} test folds; lower train.folds")
+        raise SplitError(f"{len(patients)} patients cannot fill k={k} test folds; lower training.folds")
     rng = np.random.default_rng(seed)
     case_ids = patients.index.to_numpy()
     strata = patients.to_numpy()

@@ -47,7 +47,7 @@ def build_model(name: str, in_dim: int, n_outputs: int, **kw: Any) -> MILModel:
         cls = MODELS[name]
     except KeyError:
         raise UnknownModelError(
-            f"unknown MIL model {name!r} (config key train.models); choose one of {sorted(MODELS)}"
+            f"unknown MIL model {name!r} (config key training.models); choose one of {sorted(MODELS)}"
         ) from None
     return cls(in_dim, n_outputs, **kw)
 
