@@ -87,8 +87,14 @@ rule heatmaps:
         top_k=8,
         device=TRAIN["device"],
         mpp_fallback=config["mpp_fallback"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
     log:
         "results/logs/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
