@@ -223,3 +223,38 @@ def all_targets(wildcards):
         prompts=config["features"]["prompts"],
     )
     return targets
+
+
+def report_heatmap_inputs(wildcards):
+    """Every fold's heatmap folder and predictions of one task-model (rule report_heatmaps)."""
+    folds = range(TRAIN["folds"])
+    base = f"results/{COHORT}/{{kind}}/{wildcards.task}/{wildcards.model}/{wildcards.encoder}/fold{{fold}}"
+    return {
+        "heatmaps": [base.format(kind="heatmaps", fold=f) for f in folds],
+        "predictions": [base.format(kind="models", fold=f) + "/predictions.parquet" for f in folds],
+    }
+
+
+def report_table_inputs(wildcards):
+    """The cohort's comparison table, every metrics.csv and the QC table (rule report_tables)."""
+    return {
+        "summary": f"results/{COHORT}/eval/summary.csv",
+        "qc": f"results/{COHORT}/qc.tsv",
+        "metrics": [f"results/{COHORT}/eval/{t}/{m}/{e}/metrics.csv" for t, m, e in EVALUATED],
+    }
+
+
+def report_targets(wildcards):
+    """What the report shows beyond the pipeline's own outputs: HTML tables, QC and heatmap JPEGs."""
+    if SOURCE == "visium":
+        return []
+    targets = [f"results/{COHORT}/report/summary.html", f"results/{COHORT}/report/qc"]
+    if config["evaluation"]["heatmaps"] and config["report"]["heatmaps"] != "none":
+        targets += expand(
+            "results/{cohort}/report/heatmaps/{task}/{model}/{encoder}",
+            cohort=COHORT,
+            task=list(TASKS),
+            model=TRAIN["models"],
+            encoder=TRAIN_ENCODER,
+        )
+    return targets

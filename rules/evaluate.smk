@@ -74,14 +74,8 @@ rule heatmaps:
     input:
         unpack(heatmap_inputs),
     output:
-        report(
-            directory("results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}"),
-            patterns=["{slide_id}.{kind}.png"],
-            category="Heatmaps",
-            subcategory="{task} {model}",
-            caption="../resources/report/heatmap.rst",
-            labels={"slide": "{slide_id}", "figure": "{kind}"},
-        ),
+        # full-size PNGs; the report holds JPEG copies of a bounded choice (rule report_heatmaps)
+        directory("results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}"),
     params:
         magnification=TRAIN["magnification"],
         top_k=8,
