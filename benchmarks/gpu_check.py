@@ -123,6 +123,21 @@ def oom_halving(encoder, device: torch.device, batch: int) -> None:
         raise SystemExit("FAIL: the capped run did not halve, or its features differ from the uncapped run")
 
 
+def _train_step(model, optimiser, features, coords, mask, device: torch.device):
+    """One optimiser step of ``model`` on one bag (label 1), as the training loop takes it."""
+
+    def step():
+        optimiser.zero_grad(set_to_none=True)
+        out = model(features, coords=coords, mask=mask, label=torch.tensor(1))
+        loss = torch.nn.functional.cross_entropy(out.logits.view(1, -1), torch.tensor([1], device=device))
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss
+        loss.backward()
+        optimiser.step()
+
+    return step
+
+
 def training_steps(device: torch.device, n_instances: int, dim: int, repeats: int) -> None:
     print(f"one training step (forward + backward + AdamW), {n_instances} instances x {dim}:")
     torch.manual_seed(0)
@@ -140,14 +155,7 @@ def training_steps(device: torch.device, n_instances: int, dim: int, repeats: in
         features = hier if hierarchical else flat
         bag_coords = coords[:n5] if hierarchical else coords
 
-        def step():
-            optimiser.zero_grad(set_to_none=True)
-            out = model(features, coords=bag_coords, mask=mask if hierarchical else None, label=torch.tensor(1))
-            loss = torch.nn.functional.cross_entropy(out.logits.view(1, -1), torch.tensor([1], device=device))
-            if out.aux_loss is not None:
-                loss = loss + out.aux_loss
-            loss.backward()
-            optimiser.step()
+        step = _train_step(model, optimiser, features, bag_coords, mask if hierarchical else None, device)
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
