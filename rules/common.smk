@@ -227,11 +227,10 @@ def all_targets(wildcards):
 
 def report_heatmap_inputs(wildcards):
     """Every fold's heatmap folder and predictions of one task-model (rule report_heatmaps)."""
-    folds = range(TRAIN["folds"])
-    base = f"results/{COHORT}/{{kind}}/{wildcards.task}/{wildcards.model}/{wildcards.encoder}/fold{{fold}}"
+    run = f"{wildcards.task}/{wildcards.model}/{wildcards.encoder}"
     return {
-        "heatmaps": [base.format(kind="heatmaps", fold=f) for f in folds],
-        "predictions": [base.format(kind="models", fold=f) + "/predictions.parquet" for f in folds],
+        "heatmaps": [f"results/{COHORT}/heatmaps/{run}/fold{f}" for f in range(TRAIN["folds"])],
+        "predictions": fold_predictions(wildcards),
     }
 
 

@@ -29,7 +29,7 @@ rule report_qc:
             labels={"slide": "{slide_id}"},
         ),
     params:
-        max_px=REPORT["image_px"],
+        max_px=REPORT["qc_px"],
         quality=REPORT["jpeg_quality"],
     resources:
         runtime=60,

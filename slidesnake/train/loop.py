@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from slidesnake.evaluate.metrics import target_array, task_metrics
 from slidesnake.device import select_device
+from slidesnake.evaluate.metrics import target_array, task_metrics
 from slidesnake.io.atomic import atomic_path, write_csv, write_parquet
 from slidesnake.models.mil import MODELS, MILModel, build_model
 from slidesnake.train.data import Bag, bag_length, feature_dim, load_bag, subsample
