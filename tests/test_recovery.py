@@ -31,7 +31,7 @@ MOMENTS = {
     "extraction": "features",
     "training": "train",
     "evaluation": "evaluate",
-    "report": "report_qc.log",
+    "report": "report_heatmaps",  # report_qc runs as soon as QC exists; report_heatmaps after training
 }
 
 
