@@ -47,6 +47,7 @@ def slurm_test_profile(tmp_path: Path) -> Path:
     profile.update({"cores": 2, "jobs": 4, "latency-wait": 5, "resources": ["gdc_downloads=4", "mem_mb=3000"]})
     profile.update({"slurm-no-account": True, "slurm-status-command": "squeue", "group-components": {"slide": 3}})
     profile["slurm-init-seconds-before-status-checks"] = 2
+    profile["slurm-keep-successful-logs"] = True  # the test reads which rule each SLURM job id ran
     assert profile["set-resources"]["features"]["gpu"] == 1 and "slurm_partition" in profile["set-resources"]["train"]
     folder = tmp_path / "profile"
     folder.mkdir()
@@ -79,7 +80,7 @@ def test_demo_small_through_slurm(slurm: str, tmp_path: Path) -> None:
     assert set(submitted.values()) <= set(ours), (submitted, rows[-20:])
     assert all(ours[j][3] == "COMPLETED" for j in submitted.values()), [ours[j] for j in submitted.values()]
     # GPU rules asked for a GPU (--gpus=1 -> TresPerJob gres:gpu:1) on the GPU partition key; CPU rules did not
-    logs = sorted((workdir / ".snakemake/slurm_logs").glob("*/*/*.log"))
+    logs = sorted((workdir / ".snakemake/slurm_logs").glob("rule_*/*/*.log"))
     rule_of = {p.stem: p.parent.parent.name.removeprefix("rule_") for p in logs}
     gpu_jobs = [j for j, rule in rule_of.items() if rule in GPU_RULES]
     assert {rule_of[j] for j in gpu_jobs} >= {"features", "train", "embed_prompts"}, rule_of
