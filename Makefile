@@ -19,6 +19,10 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	@if [ -n "$$(ls -A .snakemake/locks 2>/dev/null)" ] && ! pgrep -f "snakemake.*--cores" >/dev/null; then \
+	  echo "make demo: .snakemake/locks holds a lock but no snakemake is running: a killed run left it stale."; \
+	  echo "make demo: run '$(BIN)/snakemake --unlock' (outputs of killed jobs are rerun), then 'make demo' again."; \
+	  exit 1; fi
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --cores $(CORES) --report results/demo/report.html
 	@echo

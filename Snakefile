@@ -3,20 +3,34 @@
 import os
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+# config/config.yaml is the embedded demo. It is loaded only when no --configfile is given (a profile's
+# `configfile:` counts), so a real cohort starts from the schema defaults and never inherits the demo's
+# choices; --config KEY=VALUE alone still overrides the demo.
+if not workflow.overwrite_configfiles:
 
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
-# The schema ships inside the package (slidesnake/schema.yaml), so an installed slidesnake validates the same way.
-validate(config, os.path.join(workflow.basedir, "slidesnake", "schema.yaml"))
 
 # Top-level code imports the slidesnake library from this checkout. Jobs (local, conda or cluster) find it
 # through workflow/scripts/slidesnake, a link to ../../slidesnake: Snakemake puts a script's folder on sys.path.
 sys.path.insert(0, workflow.basedir)
+
+from slidesnake.config import validate_config
+from slidesnake.device import visible_gpu_count
+
+# The schema fills defaults and checks types; an error is one line naming the key and what is allowed.
+# Encoder, model and task-column names are checked in rules/common.smk once the sheet is known.
+validate_config(config)
+
+# Local runs: at most one GPU job per visible GPU (each takes resources.gpu), unless --resources gpu=N says
+# otherwise. CPU-only machines and cluster executors leave the resource unbounded.
+if workflow.local_exec and "gpu" not in workflow.global_resources and visible_gpu_count() > 0:
+    workflow.global_resources["gpu"] = visible_gpu_count()
 
 
 report: "resources/report/workflow.rst"
@@ -46,3 +60,4 @@ rule all:
     default_target: True
     input:
         all_targets,
+        report_targets,

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slidesnake.features.device import inference_context, select_device  # noqa: E402
+from slidesnake.device import inference_context, select_device  # noqa: E402
 from slidesnake.features.encoders import OPENAI_MEAN, OPENAI_STD, load_encoder, resize_patches  # noqa: E402
 from slidesnake.features.extract import extract_features  # noqa: E402
 from slidesnake.io.atomic import write_h5  # noqa: E402

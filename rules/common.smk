@@ -6,6 +6,7 @@ import yaml
 
 from slidesnake.naming import encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
+from slidesnake.validation import check_names, parquet_columns
 
 
 def sorted_keys(value):
@@ -24,11 +25,6 @@ MAGS = config["patching"]["magnifications"]
 ENCODERS = {encoder_slug(name): name for name in config["features"]["encoders"]}
 TRAIN = config["training"]
 TRAIN_ENCODER = encoder_slug(TRAIN["encoder"])
-if TRAIN_ENCODER not in ENCODERS:
-    raise ValueError(
-        f"config key 'training.encoder' is {TRAIN['encoder']!r}, which is not among 'features.encoders' "
-        f"{list(ENCODERS.values())}: training reads the features of one of those encoders"
-    )
 TASKS = config["tasks"]
 
 
@@ -80,6 +76,23 @@ def _static_sheet():
 
 SHEET = _static_sheet()
 SHEET_PATHS = dict(zip(SHEET["slide_id"], SHEET["path"])) if SHEET is not None else {}
+
+
+def _label_table_columns():
+    """Columns of the clinical and mutation tables where they already exist (None: not known yet)."""
+    return {
+        source: (f"results/{COHORT}/{source}.parquet", parquet_columns(f"results/{COHORT}/{source}.parquet"))
+        for source in ("clinical", "mutations")
+    }
+
+
+# Misspelt encoders, models and task columns stop the parse (snakemake -n) with one line naming the key.
+check_names(config, SHEET.columns if SHEET is not None else None, _label_table_columns())
+if TRAIN_ENCODER not in ENCODERS:
+    raise ValueError(
+        f"config key 'training.encoder' is {TRAIN['encoder']!r}, which is not among 'features.encoders' "
+        f"{list(ENCODERS.values())}: training reads the features of one of those encoders"
+    )
 
 
 def cohort_sheet():
@@ -231,4 +244,38 @@ def all_targets(wildcards):
         encoder=list(ENCODERS),
         prompts=config["features"]["prompts"],
     )
+    return targets
+
+
+def report_heatmap_inputs(wildcards):
+    """Every fold's heatmap folder and predictions of one task-model (rule report_heatmaps)."""
+    run = f"{wildcards.task}/{wildcards.model}/{wildcards.encoder}"
+    return {
+        "heatmaps": [f"results/{COHORT}/heatmaps/{run}/fold{f}" for f in range(TRAIN["folds"])],
+        "predictions": fold_predictions(wildcards),
+    }
+
+
+def report_table_inputs(wildcards):
+    """The cohort's comparison table, every metrics.csv and the QC table (rule report_tables)."""
+    return {
+        "summary": f"results/{COHORT}/eval/summary.csv",
+        "qc": f"results/{COHORT}/qc.tsv",
+        "metrics": [f"results/{COHORT}/eval/{t}/{m}/{e}/metrics.csv" for t, m, e in EVALUATED],
+    }
+
+
+def report_targets(wildcards):
+    """What the report shows beyond the pipeline's own outputs: HTML tables, QC and heatmap JPEGs."""
+    if SOURCE == "visium":
+        return []
+    targets = [f"results/{COHORT}/report/summary.html", f"results/{COHORT}/report/qc"]
+    if config["evaluation"]["heatmaps"] and config["report"]["heatmaps"] != "none":
+        targets += expand(
+            "results/{cohort}/report/heatmaps/{task}/{model}/{encoder}",
+            cohort=COHORT,
+            task=list(TASKS),
+            model=TRAIN["models"],
+            encoder=TRAIN_ENCODER,
+        )
     return targets

@@ -75,21 +75,21 @@ rule heatmaps:
     input:
         unpack(heatmap_inputs),
     output:
-        report(
-            directory("results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}"),
-            patterns=["{slide_id}.{kind}.png"],
-            category="Heatmaps",
-            subcategory="{task} {model}",
-            caption="../resources/report/heatmap.rst",
-            labels={"slide": "{slide_id}", "figure": "{kind}"},
-        ),
+        # full-size PNGs; the report holds JPEG copies of a bounded choice (rule report_heatmaps)
+        directory("results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}"),
     params:
         magnification=TRAIN["magnification"],
         top_k=8,
         device=TRAIN["device"],
         mpp_fallback=config["mpp_fallback"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
     log:
         "results/logs/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}.tsv"
     conda:
         "../envs/torch.yaml"
     script:

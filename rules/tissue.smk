@@ -12,13 +12,7 @@ rule tissue:
         tissue="results/{cohort}/tissue/{slide_id}.json",
         geojson="results/{cohort}/tissue/{slide_id}.geojson",
         coords=expand("results/{{cohort}}/patches/{mag}x/{{slide_id}}.h5", mag=MAGS),
-        qc=report(
-            "results/{cohort}/qc/{slide_id}.png",
-            category="Quality control",
-            subcategory="Slides",
-            caption="../resources/report/qc_slide.rst",
-            labels={"slide": "{slide_id}"},
-        ),
+        qc="results/{cohort}/qc/{slide_id}.png",  # full size; the report shows a JPEG copy (rule report_qc)
     params:
         mags=MAGS,
         preset=config["segmentation"]["preset"],

@@ -5,6 +5,9 @@ status and the command exits 0 with a warning, so scripted cohorts go on (``segm
 slide exits 2, after writing its status). Any slidesnake error
 becomes one line on stderr, no traceback: exit 2 for bad input or config (``InputError``), 1 for a
 failed computation (``ComputationError``).
+
+Start-up is kept cheap (``slidesnake segment --help`` must not import torch, pandas or anndata): every
+library import lives inside the command that needs it (``slidesnake.errors`` imports nothing heavy).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from slidesnake import __version__
 
 from slidesnake.errors import ConfigError, InputError, SlidesnakeError
 
@@ -25,6 +28,8 @@ EXIT_UNREADABLE = InputError.exit_code  # bad input: the slide file itself
 
 
 def _parse_value(text: str) -> Any:
+    import yaml
+
     return yaml.safe_load(text)
 
 
@@ -234,6 +239,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heatmaps(args: argparse.Namespace) -> int:
+    from slidesnake.evaluate.heatmaps import slide_heatmaps, test_split_heatmaps
+
+    out = Path(args.out_dir)
+    common = {"k": args.top_k, "device": args.device, "fallback_mpp": args.mpp_fallback}
+    if args.bags:
+        from slidesnake.features.bags import read_bag_index
+
+        if args.folds is None or args.fold is None:
+            raise ValueError("--bags needs --folds and --fold (the fold whose test slides the model scores)")
+        bags = read_bag_index(args.bags)
+        done = test_split_heatmaps(
+            args.model,
+            args.folds,
+            args.fold,
+            bags.slides(),
+            bags.features(args.magnification),
+            out,
+            hierarchy=bags.hierarchy() or None,
+            **common,
+        )
+        print(f"{len(done)} test slides of fold {args.fold} -> {out}")
+        return 0
+    if not (args.slide and args.features):
+        raise ValueError("give --slide and --features (one slide), or --bags, --folds and --fold (a fold's test split)")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.slide).stem
+    n = slide_heatmaps(
+        args.model,
+        args.slide,
+        args.features,
+        out / f"{stem}.heatmap.png",
+        out / f"{stem}.top{args.top_k}.png",
+        hierarchy_h5=args.hierarchy,
+        title=stem,
+        **common,
+    )
+    print(f"{args.slide}: {n} patches scored -> {out / (stem + '.heatmap.png')}")
+    return 0
+
+
 def _warn_status(slide: str, status: str) -> None:
     if status != "ok":
         log.warning("%s: %s", slide, status)
@@ -243,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command tree; ``slidesnake COMMAND --help`` documents each command."""
     parser = argparse.ArgumentParser(prog="slidesnake", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"slidesnake {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="write the synthetic demo cohort (slides, sheet, clinical, mutations)")
@@ -327,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", nargs="+", help="predictions.parquet of each fold")
     p.add_argument("--out", required=True, help="metrics.csv")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("heatmaps", help="attention heatmap and top-k patches of one slide, or of a fold's test split")
+    p.add_argument("--model", required=True, help="model.pt of one fold (from `slidesnake train`)")
+    p.add_argument("--slide", help="slide file (one-slide mode)")
+    p.add_argument("--features", help="the slide's features h5 at the model's magnification (one-slide mode)")
+    p.add_argument("--hierarchy", help="the slide's hierarchical h5 (hierarchical models)")
+    p.add_argument("--bags", help="bag index bags.tsv (fold mode: every test slide of --fold)")
+    p.add_argument("--folds", help="folds.csv (fold mode)")
+    p.add_argument("--fold", type=int, help="fold number (fold mode)")
+    p.add_argument("--magnification", type=int, choices=(5, 20), default=20, help="features magnification (fold mode)")
+    p.add_argument("--out-dir", required=True, help="folder for {slide}.heatmap.png and {slide}.top{k}.png")
+    p.add_argument("--top-k", type=int, default=8, help="patches in the top-k strip")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--mpp-fallback", type=float)
+    p.set_defaults(func=cmd_heatmaps)
 
     from slidesnake.data.cli import add_commands
 

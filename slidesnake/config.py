@@ -39,9 +39,9 @@ def validate_config(config: dict[str, Any], schema_path: str | os.PathLike | Non
     validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        first = errors[0]
-        key = ".".join(str(p) for p in first.absolute_path) or "<top level>"
-        raise ConfigError(f"config key '{key}': {first.message}")
+        from slidesnake.validation import schema_error_line
+
+        raise ConfigError(schema_error_line(errors[0]))
     return config
 
 

@@ -17,3 +17,25 @@ def encoder_slug(name: str) -> str:
     if not slug:
         raise ValueError(f"encoder name {name!r} gives an empty folder name")
     return slug
+
+
+# The names a config may use, without importing torch (the Snakefile checks them on every parse).
+# tests/test_validation.py keeps them equal to the encoder registry and the MIL model registry.
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+ENCODER_NAMES = ("quiltnet-b-32", "quiltnet-b-16", "plip", "conch", "tiny-clip")
+MODEL_NAMES = (
+    "abmil",
+    "transmil",
+    "clam_sb",
+    "clam_mb",
+    "dsmil",
+    "dtfd",
+    "rrt",
+    "mhim",
+    "ibmil",
+    "patchgcn",
+    "hipt",
+    "meanpool",
+    "maxpool",
+)

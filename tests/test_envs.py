@@ -49,19 +49,58 @@ def test_every_rule_has_conda_log_and_an_existing_env() -> None:
             assert env.is_file(), f"{smk.name}: rule {name} points at missing env {env}"
 
 
+# conda-forge name -> PyPI name, where they differ (checked on anaconda.org/conda-forge).
+CONDA_TO_PIP = {"pytorch": "torch", "matplotlib-base": "matplotlib", "open-clip-torch": "open-clip-torch"}
+# conda-only packages with no PyPI counterpart in requirements.txt: the OpenSlide C library (the venv
+# gets it from openslide-bin), and the env's own python/pip.
+CONDA_ONLY = {"python", "pip", "openslide"}
+
+
+def _conda_pins(specs: list[str]) -> dict[str, str]:
+    """conda match specs ``name=version`` / ``name==version`` -> {canonical name: version}."""
+    pins = {}
+    for spec in specs:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*={1,2}\s*([^\s=]+)", spec.strip())
+        assert match, f"conda dependency {spec!r} has no exact pin (name=version)"
+        pins[_canonical(match.group(1))] = match.group(2)
+    return pins
+
+
 @pytest.mark.parametrize("env", sorted((REPO / "envs").glob("*.yaml")), ids=lambda p: p.name)
 def test_env_pins_agree_with_requirements(env: Path) -> None:
+    """Both the conda-forge and the pip dependencies of every env pin what requirements.txt pins."""
     spec = yaml.safe_load(env.read_text())
-    assert "nodefaults" in spec["channels"]
+    assert spec["channels"] == ["conda-forge", "nodefaults"]
     requirements = _requirements()
-    conda = [d for d in spec["dependencies"] if isinstance(d, str)]
-    pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
-    assert any(d.startswith("python=3.11") for d in conda)
+    conda = _conda_pins([d for d in spec["dependencies"] if isinstance(d, str)])
+    pip = next((d["pip"] for d in spec["dependencies"] if isinstance(d, dict)), [])
+    assert conda.get("python", "").startswith("3.11")
+    if pip:
+        assert "pip" in conda, f"{env.name}: pip dependencies need pip in the conda list"
+    pinned = {
+        CONDA_TO_PIP.get(name, name): (version, "conda") for name, version in conda.items() if name not in CONDA_ONLY
+    }
     for name, version in _pins(pip, "==").items():
-        assert name in requirements, f"{env.name}: {name} is not pinned in requirements.txt"
+        assert name not in pinned, f"{env.name}: {name} comes from both conda and pip"
+        pinned[name] = (version, "pip")
+    for name, (version, source) in pinned.items():
+        assert name in requirements, f"{env.name}: {name} ({source}) is not pinned in requirements.txt"
         assert version == requirements[name], (
-            f"{env.name}: {name}=={version}, requirements.txt has {requirements[name]}"
+            f"{env.name}: {name}={version} ({source}), requirements.txt has {requirements[name]}"
         )
+    assert len(pip) <= 2, f"{env.name}: conda-forge first; pip only where conda-forge lacks a package: {pip}"
+
+
+def test_envs_cover_what_their_rules_import() -> None:
+    """The slide-reading envs carry OpenSlide (C library and binding); the torch env the model stack."""
+    tissue = _conda_pins(
+        [d for d in yaml.safe_load((REPO / "envs/tissue.yaml").read_text())["dependencies"] if isinstance(d, str)]
+    )
+    torch_env = _conda_pins(
+        [d for d in yaml.safe_load((REPO / "envs/torch.yaml").read_text())["dependencies"] if isinstance(d, str)]
+    )
+    assert {"openslide", "openslide-python", "h5py", "tifffile"} <= set(tissue)
+    assert {"pytorch", "torchvision", "open-clip-torch", "openslide", "scikit-learn", "lifelines"} <= set(torch_env)
 
 
 def test_requirements_pin_what_the_brief_requires() -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import slidesnake.features.extract as extract_mod
-from slidesnake.features.device import DeviceUnavailableError, select_device
+from slidesnake.device import DeviceUnavailableError, select_device
 from slidesnake.features.encoders import OPENAI_MEAN, OPENAI_STD, Encoder, EncoderSpec, load_encoder, resize_patch
 from slidesnake.features.extract import CoordsMismatchError, CpuShare, _BatchEncoder, cpu_share, extract_features
 from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info

@@ -100,6 +100,25 @@ def test_report_has_metrics_and_qc(demo_dir: Path) -> None:
     run_snakemake(demo_dir, "--report", "report.html")
     html = (demo_dir / "report.html").read_text(errors="replace")
     assert "summary.csv" in html and "qc.tsv" in html and "metrics.csv" in html
+    # tables shown inline (HTML pages), lists as text, images as bounded JPEG copies
+    assert "summary.html" in html and "qc.html" in html and "metrics.html" in html
+    assert "['tiny-clip']" not in html and "embedded with tiny-clip" in html
+    assert ".heatmap.png" not in html and ".heatmap.jpg" in html
+
+
+def test_report_size_is_bounded(demo_dir: Path) -> None:
+    """Issue 11: the demo report was 151 MB; now <= 15 MB, and what grows with the cohort (one QC JPEG per
+    slide; heatmaps are a bounded number per task-model) <= 0.3 MB per slide."""
+    run_snakemake(demo_dir, "--report", "report.html")
+    size = (demo_dir / "report.html").stat().st_size
+    n_slides = len(pd.read_csv(demo_dir / "results/demo/slides.tsv", sep="\t"))
+    qc = sorted((demo_dir / "results/demo/report/qc").glob("*.jpg"))
+    assert len(qc) == n_slides
+    per_slide = sum(p.stat().st_size for p in qc) * 4 / 3 / n_slides  # base64 in the HTML
+    assert size <= 15e6, f"report {size / 1e6:.1f} MB"
+    assert per_slide <= 0.3e6, f"{per_slide / 1e6:.2f} MB per slide"
+    heatmaps = list((demo_dir / "results/demo/report/heatmaps").rglob("*.jpg"))
+    assert len(heatmaps) == 2 * 4  # report.heatmaps: top, 4 slides (heatmap + top-k strip) for the one task-model
 
 
 def test_wrong_config_key_fails_before_any_job(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 ``add_commands(subparsers)`` registers them on the main parser; each subcommand sets ``func(args) -> int``
 (0 on success, 1 after a failure summary), so every file is attempted before the command exits non-zero.
+Registering them imports nothing heavy (pandas, anndata, requests load inside each command), so
+``slidesnake segment --help`` stays cheap; defaults that live in the data modules are filled in there.
 """
 
 from __future__ import annotations
@@ -11,29 +13,19 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from slidesnake.data.clinical import clinical_table, fetch_cases
-from slidesnake.data.gdc import (
-    GDC_API,
-    GdcClient,
-    GdcError,
-    SlideQuery,
-    download_table,
-    query_slides,
-    read_download_table,
-    slide_sheet,
-    write_manifest,
-    write_sheet,
-)
-from slidesnake.data.geo import GEO_SERIES_URL, SPATIALLIBD_POSITIONS, GeoError, download_series
-from slidesnake.data.maf import DEFAULT_GENES, MafError, MutationParams, fetch_mutation_table
-from slidesnake.data.token import TokenError, read_token
-from slidesnake.data.transfer import DownloadFailures, TransferConfig, TransferError
-from slidesnake.data.visium import VisiumError, find_visium_files, read_visium, write_h5ad
-from slidesnake.io.atomic import write_parquet
-
 log = logging.getLogger(__name__)
 
-_HANDLED = (GdcError, GeoError, MafError, TokenError, TransferError, VisiumError, OSError)
+
+def _handled() -> tuple[type[BaseException], ...]:
+    """The library errors a data command reports as a one-line summary (imported when a command runs)."""
+    from slidesnake.data.gdc import GdcError
+    from slidesnake.data.geo import GeoError
+    from slidesnake.data.maf import MafError
+    from slidesnake.data.token import TokenError
+    from slidesnake.data.transfer import TransferError
+    from slidesnake.data.visium import VisiumError
+
+    return (GdcError, GeoError, MafError, TokenError, TransferError, VisiumError, OSError)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +63,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _projects(p)
     _transfer(p)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--genes", nargs="+", default=list(DEFAULT_GENES))
+    p.add_argument("--genes", nargs="+", help="genes to call (default: slidesnake.data.maf.DEFAULT_GENES)")
     p.add_argument("--capture-mb", type=float, default=38.0, help="capture size for TMB (default 38 Mb)")
     p.add_argument("--cache-dir", type=Path, help="where MAFs are kept (default: <out>.mafs/)")
     p.set_defaults(func=_guard(cmd_mutations))
@@ -81,11 +73,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = geo_sub.add_parser("download", help="download a series' supplementary files (size-verified)")
     p.add_argument("series", metavar="GSE")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--base-url", default=GEO_SERIES_URL, help=f"GEO series root (default {GEO_SERIES_URL})")
+    p.add_argument("--base-url", help="GEO series root (default: NCBI's GEO series FTP over https)")
     p.add_argument("--samples", nargs="+", default=[], help="GSM ids (geo) or sample ids (spatiallibd)")
     p.add_argument("--pattern", help="regex the file names must match")
     p.add_argument("--layout", choices=["geo", "spatiallibd"], default="geo")
-    p.add_argument("--positions-url", default=SPATIALLIBD_POSITIONS, help="spatialLIBD positions/scalefactors root")
+    p.add_argument("--positions-url", help="spatialLIBD positions/scalefactors root (default: spatialLIBD's)")
     _transfer(p)
     p.set_defaults(func=_guard(cmd_geo_download))
 
@@ -97,7 +89,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _api(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default=GDC_API, help=f"GDC API root (default {GDC_API})")
+    p.add_argument("--api", help="GDC API root (default: the public GDC API, https://api.gdc.cancer.gov)")
 
 
 def _projects(p: argparse.ArgumentParser) -> None:
@@ -110,7 +102,9 @@ def _transfer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="connect/read timeout in seconds (default 60)")
 
 
-def _config(args: argparse.Namespace) -> TransferConfig:
+def _config(args: argparse.Namespace):
+    from slidesnake.data.transfer import TransferConfig
+
     return TransferConfig(retries=args.retries, timeout_s=args.timeout, parallel=args.parallel)
 
 
@@ -118,12 +112,18 @@ def _guard(func: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Nam
     """Turn the library's errors into a logged summary and exit status 1 (no traceback for user errors)."""
 
     def run(args: argparse.Namespace) -> int:
+        from slidesnake.data.transfer import DownloadFailures
+
+        if getattr(args, "api", "unset") is None:
+            from slidesnake.data.gdc import GDC_API
+
+            args.api = GDC_API
         try:
             func(args)
         except DownloadFailures as exc:
             log.error("%s", exc)
             return 1
-        except _HANDLED as exc:
+        except _handled() as exc:
             log.error("%s: %s", type(exc).__name__, exc)
             return 1
         return 0
@@ -134,6 +134,8 @@ def _guard(func: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Nam
 
 def cmd_query(args: argparse.Namespace) -> None:
     """gdc query: slide sheet (and optional manifest) for the projects."""
+    from slidesnake.data.gdc import GdcClient, SlideQuery, query_slides, slide_sheet, write_manifest, write_sheet
+
     query = SlideQuery(
         projects=args.project, strategy=args.strategy or "Diagnostic Slide", data_format=args.data_format
     )
@@ -146,6 +148,9 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 def cmd_download(args: argparse.Namespace) -> None:
     """gdc download: every file of the table into --out."""
+    from slidesnake.data.gdc import download_table, read_download_table
+    from slidesnake.data.token import read_token
+
     token = read_token(args.token_file, args.token_env)
     results = download_table(read_download_table(args.table), args.out, args.api, _config(args), token)
     log.info("%d file(s) ready in %s", len(results), args.out)
@@ -153,6 +158,10 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_clinical(args: argparse.Namespace) -> None:
     """gdc clinical: clinical.parquet for the projects."""
+    from slidesnake.data.clinical import clinical_table, fetch_cases
+    from slidesnake.data.gdc import GdcClient
+    from slidesnake.io.atomic import write_parquet
+
     table = clinical_table(fetch_cases(GdcClient(args.api), args.project))
     write_parquet(args.out, table)
     log.info("%d case(s) -> %s", len(table), args.out)
@@ -160,8 +169,12 @@ def cmd_clinical(args: argparse.Namespace) -> None:
 
 def cmd_mutations(args: argparse.Namespace) -> None:
     """gdc mutations: mutations.parquet for the projects."""
+    from slidesnake.data.gdc import GdcClient
+    from slidesnake.data.maf import DEFAULT_GENES, MutationParams, fetch_mutation_table
+    from slidesnake.io.atomic import write_parquet
+
     cache = args.cache_dir or args.out.with_name(args.out.name + ".mafs")
-    params = MutationParams(genes=args.genes, capture_mb=args.capture_mb)
+    params = MutationParams(genes=args.genes or list(DEFAULT_GENES), capture_mb=args.capture_mb)
     table = fetch_mutation_table(GdcClient(args.api), args.project, cache, params, _config(args))
     write_parquet(args.out, table)
     log.info("%d case(s) -> %s", len(table), args.out)
@@ -169,13 +182,19 @@ def cmd_mutations(args: argparse.Namespace) -> None:
 
 def cmd_geo_download(args: argparse.Namespace) -> None:
     """geo download: a series' (or spatialLIBD samples') files into --out."""
+    from slidesnake.data.geo import GEO_SERIES_URL, SPATIALLIBD_POSITIONS, download_series
+
+    base_url = args.base_url or GEO_SERIES_URL
+    positions = args.positions_url or SPATIALLIBD_POSITIONS
     results = download_series(
-        args.series, args.out, args.base_url, args.samples, args.pattern, args.layout, args.positions_url, _config(args)
+        args.series, args.out, base_url, args.samples, args.pattern, args.layout, positions, _config(args)
     )
     log.info("%d file(s) ready in %s", len(results), args.out)
 
 
 def cmd_visium(args: argparse.Namespace) -> None:
     """geo visium: one sample folder -> .h5ad."""
+    from slidesnake.data.visium import find_visium_files, read_visium, write_h5ad
+
     adata = read_visium(find_visium_files(args.folder, args.sample), args.sample or args.folder.name)
     write_h5ad(adata, args.out)

@@ -145,3 +145,24 @@ def _save(fig: Figure, out_png: str | os.PathLike) -> None:
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def report_jpeg(png: str | os.PathLike, out_jpg: str | os.PathLike, max_px: int = 1024, quality: int = 85) -> None:
+    """A report copy of a figure: JPEG, longest side at most ``max_px`` (the full-size PNG stays a file).
+
+    Transparency is flattened onto white (JPEG has no alpha); the aspect ratio is kept.
+    """
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "P"):
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            image = flat
+        else:
+            image = image.convert("RGB")
+        image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
+        with atomic_path(out_jpg) as tmp:
+            image.save(tmp, format="JPEG", quality=quality, optimize=True, progressive=True)

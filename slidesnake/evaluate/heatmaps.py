@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
 from slidesnake.errors import InputError
-from slidesnake.features.device import select_device
+from slidesnake.device import select_device
 from slidesnake.hierarchy import CHILDREN_PER_SIDE
 from slidesnake.io.atomic import atomic_path
 from slidesnake.io.checkpoint import load_checkpoint

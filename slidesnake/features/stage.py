@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
-from slidesnake.features.device import select_device
+from slidesnake.device import select_device
 from slidesnake.features.encoders import load_encoder
 from slidesnake.features.extract import extract_features
 from slidesnake.hierarchy import link_files

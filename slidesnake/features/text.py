@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from slidesnake.errors import InputError
-from slidesnake.features.device import inference_context, select_device
+from slidesnake.device import inference_context, select_device
 from slidesnake.features.encoders import load_encoder
 from slidesnake.io.atomic import write_h5
 

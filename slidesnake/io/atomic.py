@@ -12,11 +12,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # writers take DataFrames; the module does not import pandas (tissue jobs never load it)
+    import pandas as pd
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

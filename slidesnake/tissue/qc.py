@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import openslide
-import pandas as pd
+
+if TYPE_CHECKING:  # only the cohort table needs pandas; a tissue job does not import it
+    import pandas as pd
 
 from slidesnake.io.atomic import atomic_path
 from slidesnake.io.slide import SlideError, open_slide, patch_size_level0, rgba_to_rgb
@@ -93,6 +95,8 @@ def qc_table(rows: list[tuple[str, str, dict[int, str]]]) -> pd.DataFrame:
                 coords, _ = read_coords(h5_path)
                 record[column] = len(coords)
         records.append(record)
+    import pandas as pd
+
     table = pd.DataFrame.from_records(records, columns=QC_COLUMNS)
     return table.astype({"patches_5x": "int64", "patches_20x": "int64", "mpp": "float64"})
 

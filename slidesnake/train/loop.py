@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from slidesnake.errors import ConfigError, InputError
 from slidesnake.evaluate.metrics import target_array, task_metrics
-from slidesnake.features.device import select_device
+from slidesnake.device import select_device
 from slidesnake.io.atomic import write_csv, write_parquet
 from slidesnake.io.checkpoint import load_checkpoint, save_checkpoint
 from slidesnake.models import registry

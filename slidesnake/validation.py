@@ -1,0 +1,127 @@
+"""Parse-time checks of a pipeline config that the schema cannot express, each a one-line error.
+
+The schema checks types and key names; this module turns its errors into one line that names the key
+and the allowed keys (not a schema dump), and checks the names a user types freely — encoders, models,
+task columns — so a misspelling stops ``snakemake -n`` instead of a job hours later. Torch-free: the
+Snakefile runs it on every parse, including once per cluster job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from slidesnake.naming import ENCODER_NAMES, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, MODEL_NAMES
+
+
+class ConfigNameError(ValueError):
+    """A config value names an encoder, model, key or column that does not exist; the message says which."""
+
+
+def _suggest(word: str, allowed: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def schema_error_line(error: Any) -> str:
+    """One line for a jsonschema ``ValidationError``: the full key path, what is wrong and what is allowed."""
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        where = ".".join(path)
+        parts = []
+        for key in unknown:
+            full = f"{where}.{key}" if where else key
+            parts.append(f"unknown config key '{full}'{_suggest(key, allowed)}")
+        scope = f"under '{where}'" if where else "at the top level"
+        return f"{'; '.join(parts)}; allowed keys {scope}: {', '.join(allowed)}"
+    key = ".".join(path) or "<top level>"
+    if error.validator == "enum":
+        return f"config key '{key}' is {error.instance!r}; allowed values: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "required":
+        return f"config {('key ' + repr(key)) if path else 'file'}: {error.message}"
+    return f"config key '{key}': {error.message}"
+
+
+def check_encoder(name: str, key: str = "features.encoders") -> None:
+    """A registry name, an ``hf-hub:org/repo`` id, an open_clip ``MODEL:PRETRAINED`` pair, or an existing path."""
+    text = name.strip()
+    if text.lower() in ENCODER_NAMES or text.startswith(HF_HUB_PREFIX):
+        return
+    if text.startswith(LOCAL_DIR_PREFIX):
+        text = text[len(LOCAL_DIR_PREFIX) :]
+    if Path(text).expanduser().exists():
+        return
+    arch, sep, pretrained = text.partition(":")
+    if sep and arch and pretrained and os.sep not in arch:
+        return  # open_clip MODEL:PRETRAINED (or conch:/path): checked by open_clip when loaded
+    raise ConfigNameError(
+        f"config key '{key}': encoder '{name}' is not a registry name{_suggest(text.lower(), ENCODER_NAMES)}, "
+        f"an 'hf-hub:org/repo' id, an open_clip 'MODEL:PRETRAINED' pair or an existing path; "
+        f"registry names: {', '.join(ENCODER_NAMES)}"
+    )
+
+
+def check_model(name: str, key: str = "training.models") -> None:
+    if name not in MODEL_NAMES:
+        raise ConfigNameError(
+            f"config key '{key}': model '{name}' is not a MIL model{_suggest(name, MODEL_NAMES)}; "
+            f"allowed values: {', '.join(MODEL_NAMES)}"
+        )
+
+
+def task_columns(task: Mapping[str, Any]) -> list[str]:
+    """The table columns a task config names (its label column, or survival time and event)."""
+    if task.get("kind") == "survival":
+        return [task.get("time", "os_days"), task.get("event", "os_event")]
+    if task.get("kind") == "classification" and task.get("column"):
+        return [task["column"]]
+    return []
+
+
+def check_task_columns(name: str, task: Mapping[str, Any], columns: Iterable[str] | None, table: str) -> None:
+    """Each column the task names is in ``columns`` (the table's columns; None: not known at parse time)."""
+    if columns is None:
+        return
+    known = sorted(set(columns) - {"slide_id", "case_id", "path"})
+    for column in task_columns(task):
+        if column not in known:
+            field = (
+                "column" if task.get("kind") != "survival" else ("time" if column == task_columns(task)[0] else "event")
+            )
+            raise ConfigNameError(
+                f"config key 'tasks.{name}.{field}': column '{column}' is not in {table}"
+                f"{_suggest(column, known)}; its columns: {', '.join(known)}"
+            )
+
+
+def parquet_columns(path: str | os.PathLike) -> list[str] | None:
+    """A parquet file's column names from its footer (no data read), or None when it does not exist yet."""
+    if not os.path.exists(path):
+        return None
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
+def check_names(
+    config: Mapping[str, Any],
+    sheet_columns: Iterable[str] | None = None,
+    table_columns: Mapping[str, tuple[str, Iterable[str] | None]] | None = None,
+) -> None:
+    """Encoders, models and task columns of a validated config. ``table_columns`` maps a task source
+    (``clinical``, ``mutations``) to (its file, its columns or None when not known at parse time)."""
+    for name in config["features"]["encoders"]:
+        check_encoder(name)
+    check_encoder(config["training"]["encoder"], "training.encoder")
+    for name in config["training"]["models"]:
+        check_model(name)
+    tables = dict(table_columns or {})
+    tables.setdefault("sheet", ("the slide sheet", sheet_columns))
+    for task_name, task in config.get("tasks", {}).items():
+        label, columns = tables.get(task.get("source", "sheet"), (None, None))
+        check_task_columns(task_name, task, columns, label)
