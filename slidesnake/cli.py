@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from slidesnake import __version__
-
 from slidesnake.errors import ConfigError, InputError, SlidesnakeError
 
 log = logging.getLogger("slidesnake")

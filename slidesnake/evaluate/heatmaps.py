@@ -25,8 +25,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 
-from slidesnake.errors import InputError
 from slidesnake.device import select_device
+from slidesnake.errors import InputError
 from slidesnake.hierarchy import CHILDREN_PER_SIDE
 from slidesnake.io.atomic import atomic_path
 from slidesnake.io.checkpoint import load_checkpoint

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from slidesnake.errors import InputError
 from slidesnake.device import inference_context, select_device
+from slidesnake.errors import InputError
 from slidesnake.features.encoders import REGISTRY, Encoder, EncoderSpec, load_encoder, resize_patch
 from slidesnake.io.atomic import atomic_path
 from slidesnake.io.coords import plan_from_attrs, read_coords

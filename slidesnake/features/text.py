@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import torch
 
-from slidesnake.errors import InputError
 from slidesnake.device import inference_context, select_device
+from slidesnake.errors import InputError
 from slidesnake.features.encoders import load_encoder
 from slidesnake.io.atomic import write_h5
 

@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from slidesnake.device import select_device
 from slidesnake.errors import ConfigError, InputError
 from slidesnake.evaluate.metrics import target_array, task_metrics
-from slidesnake.device import select_device
 from slidesnake.io.atomic import write_csv, write_parquet
 from slidesnake.io.checkpoint import load_checkpoint, save_checkpoint
 from slidesnake.models import registry
