@@ -46,6 +46,9 @@ def test_segment_then_patch_on_a_good_slide(tissue_slide, tmp_path, capsys) -> N
     )
     assert json.loads(tissue.read_text())["status"] == "ok"
     assert (tmp_path / "qc.png").stat().st_size > 0
+    geo = tmp_path / "t.geojson"
+    assert main(["segment", str(tissue_slide), "--out", str(tissue), "--geojson", str(geo), "--param", "a_t=1"]) == 0
+    assert len(json.loads(geo.read_text())["features"]) == 1
     assert main(["patch", str(tissue_slide), "--tissue", str(tissue), "--mag", "20", "--out", str(coords)]) == 0
     with h5py.File(coords) as f:
         xy = f["coords"][:]
@@ -54,11 +57,13 @@ def test_segment_then_patch_on_a_good_slide(tissue_slide, tmp_path, capsys) -> N
     assert "patches at 20x" in capsys.readouterr().out
 
 
-def test_bad_slide_warns_names_file_and_exits_zero(tmp_path, caplog) -> None:
+def test_bad_slide_records_its_status_names_the_file_and_segment_exits_nonzero(tmp_path, caplog) -> None:
     bad = tmp_path / "broken.svs"
     bad.write_text("not a slide")
     out = tmp_path / "t.json"
-    assert main(["segment", str(bad), "--out", str(out)]) == 0
+    # the status is still written (the pipeline's tissue job records it and goes on), but the command fails
+    assert main(["segment", str(bad), "--out", str(out), "--geojson", str(tmp_path / "t.geojson")]) == 2
+    assert json.loads((tmp_path / "t.geojson").read_text())["features"] == []
     record = json.loads(out.read_text())
     assert record["status"].startswith("unreadable")
     assert any("broken.svs" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
