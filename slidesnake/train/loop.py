@@ -22,7 +22,7 @@ from slidesnake.evaluate.metrics import target_array, task_metrics
 from slidesnake.features.device import select_device
 from slidesnake.io.atomic import atomic_path, write_csv, write_parquet
 from slidesnake.models.mil import MODELS, MILModel, build_model
-from slidesnake.train.data import Bag, bag_length, feature_dim, load_bag, subsample
+from slidesnake.train.data import Bag, bag_length, feature_dim, load_bag
 from slidesnake.train.losses import (
     class_weights,
     positive_weights,
@@ -124,7 +124,7 @@ def _forward_loss(
     """Task loss on slide logits + auxiliary branches; returns (loss, slide logits)."""
     label = target.view(-1)[:1] if task.kind == "classification" else None
     out = model(bag.features, coords=bag.coords, mask=bag.mask, label=label)
-    loss = task_loss(task.kind, out.logits.view(1, -1), target, weight)
+    loss = model.bag_weight * task_loss(task.kind, out.logits.view(1, -1), target, weight)
     if out.extra_logits is not None:
         loss = loss + task_loss(task.kind, out.extra_logits.view(-1, out.logits.numel()), target, weight)
     if out.aux_loss is not None:
@@ -233,7 +233,7 @@ def train_fold(
         model.train()
         train_losses = []
         for slide_id in parts["train"]["slide_id"].to_numpy()[rng.permutation(len(parts["train"]))]:
-            bag = subsample(store[slide_id], params.max_instances, generator).to(device)
+            bag = model.training_bag(store[slide_id], params.max_instances, generator).to(device)
             loss, _ = _forward_loss(model, task, bag, targets[slide_id].to(device), weight)
             optimizer.zero_grad()
             loss.backward()

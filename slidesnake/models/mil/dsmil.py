@@ -16,6 +16,8 @@ from slidesnake.models.mil.base import MILModel, MILOutput, embed
 class DSMIL(MILModel):
     """Instance classifier (max stream) + critical-instance attention pooling (bag stream)."""
 
+    map_shows = "similarity to the critical (top-scoring) instance, predicted class"
+
     def __init__(
         self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25
     ) -> None:
