@@ -66,7 +66,7 @@ def _ours_step(model: torch.nn.Module, features: torch.Tensor, coords: torch.Ten
     """One training step's compute as the loop does it: task loss + auxiliary branches, backward."""
     target = torch.tensor([1])
     out = model(features, coords=coords, label=target)
-    loss = model.bag_weight * F.cross_entropy(out.logits.view(1, -1), target)
+    loss = getattr(model, "bag_weight", 1.0) * F.cross_entropy(out.logits.view(1, -1), target)
     if out.extra_logits is not None:
         loss = loss + F.cross_entropy(
             out.extra_logits.view(-1, out.logits.numel()), target.expand(len(out.extra_logits))
@@ -93,14 +93,8 @@ def _torchmil_models(dim: int) -> dict[str, torch.nn.Module]:
 
     return {
         "abmil": tm.ABMIL(in_shape=(dim,), att_dim=128, gated=True, feat_ext=embedding()),
-        "clam_sb": tm.CLAM_SB(
-            in_shape=(dim,),
-            att_dim=128,
-            gated=True,
-            k_sample=8,
-            inst_loss_name="BCEWithLogitsLoss",
-            feat_ext=embedding(),
-        ),  # fmt: skip
+        # its default SmoothTop1SVM instance loss (its BCE option fails on its own 2-logit instance heads)
+        "clam_sb": tm.CLAM_SB(in_shape=(dim,), att_dim=128, gated=True, k_sample=8, feat_ext=embedding()),
         "dtfd": tm.DTFDMIL(in_shape=(dim,), att_dim=128, n_groups=5, distill_mode="afs", feat_ext=embedding()),
         "dsmil": tm.DSMIL(
             in_shape=(dim,), att_dim=128, nonlinear_q=True, nonlinear_v=True, dropout=0.25, feat_ext=embedding()
