@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
@@ -143,7 +144,11 @@ class GatedAttention(nn.Module):
         self.w = nn.Linear(attn_dim, n_heads)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.w(self.v(h) * self.u(h))
+        # both branches' Linear layers as one matrix product (same weights and result, one pass over h)
+        v, u = self.v[0], self.u[0]
+        vu = F.linear(h, torch.cat([v.weight, u.weight]), torch.cat([v.bias, u.bias]))
+        gate_v, gate_u = vu.split(v.out_features, dim=-1)
+        return self.w(self.v[2](torch.tanh(gate_v)) * self.u[2](torch.sigmoid(gate_u)))
 
 
 def attention_pool(h: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

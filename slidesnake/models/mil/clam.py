@@ -71,8 +71,9 @@ class _CLAM(MILModel):
     def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, label: int) -> torch.Tensor:
         """In-class branch: top-k attended are positive, bottom-k negative; other classes: top-k negative."""
         losses = []
+        shared = None if self.multi_branch else self.top_k(weights[:, 0])  # CLAM-SB: one map for every class
         for c, clf in enumerate(self.instance_classifiers):
-            top_idx, bottom_idx = self.top_k(weights[:, c if self.multi_branch else 0])
+            top_idx, bottom_idx = shared or self.top_k(weights[:, c])
             top, k = h[top_idx], len(top_idx)
             if c == label:
                 x = torch.cat([top, h[bottom_idx]])
