@@ -323,3 +323,23 @@ def test_survival_nll_of_censored_and_uncensored_cases_equals_hand_computed():
     # death in bin 2: -log S(1) - log h2
     died = discrete_survival_nll(logits, torch.tensor([2]), torch.tensor([1]))
     torch.testing.assert_close(died, -torch.log((1 - h[0]) * (1 - h[1])) - torch.log(h[2]))
+
+
+# --- TransMIL's map ---------------------------------------------------------------------------------------
+
+
+def test_transmil_map_is_the_class_token_attention_row():
+    """With no more tokens than landmarks Nystrom attention is exact: the map is softmax(q_cls K^T) of layer 2."""
+    torch.manual_seed(0)
+    model = build_model("transmil", DIM, 2, hidden=64, heads=2, dropout=0.0).eval()  # 32 landmarks
+    features = torch.randn(16, DIM)  # 16 instances + class token = 17 tokens (a 4x4 grid: no wrap-padding)
+    seen = {}
+    model.layer2.register_forward_pre_hook(lambda mod, args: seen.update(x=args[0]))
+    with torch.inference_mode():
+        out = model(features)
+        x = seen["x"]
+        q, k, _ = model.layer2.qkv(x).view(len(x), 3, 2, -1).permute(1, 2, 0, 3)
+        exact = torch.softmax(q[:, :1] * model.layer2.scale @ k.transpose(-1, -2), dim=-1)[:, 0]  # (heads, 17)
+    expected = exact.mean(dim=0)[1:]
+    torch.testing.assert_close(out.attention, expected, atol=2e-3, rtol=0.05)
+    assert int(out.attention.argmax()) == int(expected.argmax())
