@@ -148,7 +148,14 @@ class GatedAttention(nn.Module):
         v, u = self.v[0], self.u[0]
         vu = F.linear(h, torch.cat([v.weight, u.weight]), torch.cat([v.bias, u.bias]))
         gate_v, gate_u = vu.split(v.out_features, dim=-1)
-        return self.w(self.v[2](torch.tanh(gate_v)) * self.u[2](torch.sigmoid(gate_u)))
+        gate = torch.tanh(gate_v) * torch.sigmoid(gate_u)
+        p = self.v[2].p
+        if self.training and p > 0:
+            # dropout on each branch, then their product = one Bernoulli((1-p)^2) mask on the product,
+            # scaled by 1/(1-p)^2: the same distribution as two masks, at the cost of one
+            keep = (1 - p) * (1 - self.u[2].p)
+            gate = gate * torch.empty_like(gate).bernoulli_(keep).div_(keep)
+        return self.w(gate)
 
 
 def attention_pool(h: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
