@@ -274,3 +274,71 @@ def test_write_demo_tables_round_trips(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(paths[1]), demo_clinical(cfg))
     pd.testing.assert_frame_equal(pd.read_parquet(paths[2]), demo_mutations(cfg))
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------- the harder demo (issue 10)
+
+# md5 of render_demo_slide(DemoConfig(n_patients=4, size=2048, seed=3), ...) before the hard-demo knobs
+# existed: the defaults must keep the default demo byte-identical.
+_GOLDEN_MD5 = {"DEMO-0001-S1": "2656b4dddd04a3b4d28ba8b2264220d5", "DEMO-0002-S2": "ac2a9ca60eac3b2cd9a70e48a822d740",
+               "DEMO-0004-S1": "6c14e854b10b77604705784d85fe5d77"}  # fmt: skip
+
+
+def test_hard_demo_knobs_leave_the_default_demo_byte_identical():
+    import hashlib
+
+    cfg = DemoConfig(n_patients=4, slides_per_patient=2, size=2048, seed=3)
+    for slide_id, md5 in _GOLDEN_MD5.items():
+        assert hashlib.md5(render_demo_slide(cfg, slide_id)[0].tobytes()).hexdigest() == md5, slide_id
+
+
+def test_label_noise_flips_the_recorded_label_not_the_slide():
+    from slidesnake.data.demo import _true_classes
+
+    cfg = DemoConfig(n_patients=20, slides_per_patient=1, size=2048, label_noise=0.1)
+    sheet = demo_sheet(cfg, "s").drop_duplicates("case_id")
+    truth = _true_classes(cfg)
+    flipped = [c for c, label in zip(sheet["case_id"], sheet["label"]) if truth[c] != label]
+    assert len(flipped) == 2
+    clean = demo_sheet(DemoConfig(n_patients=20, slides_per_patient=1, size=2048), "s").drop_duplicates("case_id")
+    assert (clean["label"] == [truth[c] for c in clean["case_id"]]).all()
+    # the slide of a flipped patient shows its true class: identical to the noise-free render
+    slide = sheet.loc[sheet["case_id"] == flipped[0], "slide_id"].iloc[0]
+    noisy, _ = render_demo_slide(cfg, slide)
+    assert np.array_equal(
+        noisy, render_demo_slide(DemoConfig(n_patients=20, slides_per_patient=1, size=2048), slide)[0]
+    )
+
+
+def test_foci_cover_the_configured_share_of_tissue():
+    from slidesnake.data.demo import _foci_mask, _tissue_mask
+
+    rng = np.random.default_rng(0)
+    mask = _tissue_mask(rng, 4096)
+    foci = _foci_mask(rng, mask, 0.07, px=2.0)  # a 2 mm slide at 20x
+    share = foci.sum() / (mask > 0).sum()
+    assert 0.07 <= share < 0.10 and not (foci & (mask == 0)).any()
+    n_foci, _ = cv2.connectedComponents(foci.astype(np.uint8))
+    assert n_foci - 1 >= 3  # several small foci, not one blob
+
+
+def test_focal_slides_differ_from_the_background_only_in_a_minority_of_tissue():
+    cfg = DemoConfig(size=2048, focus_fraction=0.1)
+    solid = [s for s, label in zip(demo_sheet(cfg, "s")["slide_id"], demo_sheet(cfg, "s")["label"])
+             if label == "solid"][0]  # fmt: skip
+    focal, _ = render_demo_slide(cfg, solid)
+    full, _ = render_demo_slide(SMALL, solid)
+    # dense dark nuclei (the solid morphology) fill the whole tissue at focus_fraction 1, ~10% of it at 0.1
+    tissue_focal, tissue_full = _saturation(focal) > 20, _saturation(full) > 20
+    dark = lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) < 110  # noqa: E731
+    assert dark(focal)[tissue_focal].mean() < 0.4 * dark(full)[tissue_full].mean()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [(DemoConfig(focus_fraction=0.0), "demo.focus_fraction"), (DemoConfig(stain_jitter=-1), "demo.stain_jitter"),
+     (DemoConfig(label_noise=0.5), "demo.label_noise")],
+)  # fmt: skip
+def test_invalid_hard_demo_knobs_name_the_key(cfg, key):
+    with pytest.raises(DemoConfigError, match=re.escape(key)):
+        demo_sheet(cfg, "slides")

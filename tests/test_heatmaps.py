@@ -273,3 +273,58 @@ def test_slide_heatmaps_hierarchical_reads_parents_at_5x(checkpoints, slide, tmp
 def test_top_patch_strip_of_empty_bag_reads_nothing(tmp_path):
     chosen = render_top_patches(tmp_path / "missing.svs", np.zeros((0, 2)), np.zeros(0), {}, tmp_path / "t.png")
     assert len(chosen) == 0 and (tmp_path / "t.png").is_file()
+
+
+def _checkpoint(tmp_path, name: str, kind: str, n_outputs: int, **kwargs) -> tuple:
+    torch.manual_seed(0)
+    model = build_model(name, 16, n_outputs, **kwargs)
+    path = tmp_path / f"{name}.pt"
+    torch.save({"state_dict": model.state_dict(), "model": name, "in_dim": 16, "n_outputs": n_outputs,
+                "model_kwargs": kwargs, "task": {"kind": kind}}, path)  # fmt: skip
+    return path, model.eval()
+
+
+def test_meanpool_map_is_the_predicted_class_logit_and_for_survival_the_instance_risk(tmp_path):
+    from slidesnake.train.losses import survival_risk
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(40, 16)).astype(np.float32)
+    write_h5(tmp_path / "f.h5", {"features": features, "coords": np.zeros((40, 2), np.int64)})
+    x = torch.from_numpy(features)
+    path, model = _checkpoint(tmp_path, "meanpool", "classification", 3, hidden=8)
+    with torch.inference_mode():
+        out = model(x)
+        expected = model.classifier(model.embed(x))[:, int(out.logits.argmax())]
+    assert np.allclose(attention_scores(path, tmp_path / "f.h5", device="cpu")[1], expected.numpy(), atol=1e-6)
+    path, model = _checkpoint(tmp_path, "meanpool", "survival", 4, hidden=8)
+    with torch.inference_mode():
+        risk = survival_risk(model.classifier(model.embed(x)))
+        last_bin = model.classifier(model.embed(x))[:, -1]
+    scores = attention_scores(path, tmp_path / "f.h5", device="cpu")[1]
+    assert np.allclose(scores, risk.numpy(), atol=1e-6)
+    assert not np.allclose(np.argsort(scores), np.argsort(last_bin.numpy()))  # not the longest-time bin
+
+
+def test_every_model_states_what_its_map_shows_and_the_figure_prints_it(slide, tmp_path, monkeypatch):
+    from slidesnake.evaluate import heatmaps
+    from slidesnake.models.mil import MODELS
+
+    shows = {name: cls.map_shows for name, cls in MODELS.items()}
+    assert all(isinstance(s, str) and len(s) > 10 for s in shows.values())
+    assert "class-token attention" in shows["transmil"] and "predicted class" in shows["meanpool"]
+    assert heatmaps.map_description({"model": "transmil"}) == f"transmil: {shows['transmil']}"
+    texts = []
+    real_text = heatmaps.Figure.text
+
+    def spy(self, x, y, s, *args, **kwargs):
+        texts.append(s)
+        return real_text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(heatmaps.Figure, "text", spy)
+    coords = np.array([[0, 0], [256, 0]])
+    render_heatmap(slide, coords, np.array([0.2, 0.8]), 256, tmp_path / "a.png", thumbnail_max=256,
+                   map_shows=heatmaps.map_description({"model": "transmil"}))  # fmt: skip
+    assert f"map: transmil: {shows['transmil']}" in texts
+    render_heatmap(slide, coords, np.array([0.2, 0.8]), 256, tmp_path / "b.png", thumbnail_max=256)
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png")
+    assert not np.array_equal(a[:TITLE_PX], b[:TITLE_PX]) and np.array_equal(a[TITLE_PX:], b[TITLE_PX:])

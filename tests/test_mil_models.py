@@ -12,7 +12,7 @@ from _mil_fixtures import hierarchy_from_flat, synthetic_bag
 from sklearn.metrics import roc_auc_score
 
 from slidesnake.models.mil import MODELS, MissingCoordsError, UnknownModelError, build_model
-from slidesnake.train.data import Bag
+from slidesnake.models.mil.base import Bag
 from slidesnake.train.losses import task_loss
 
 DIM = 16
@@ -45,15 +45,36 @@ def data():
     return _bags(40, seed=1), _bags(20, seed=2)
 
 
+def train_abmil(train, epochs: int = 8, hidden: int = 32) -> torch.nn.Module:
+    """The first stage of the two-stage models: ABMIL trained on the training bags."""
+    torch.manual_seed(0)
+    model = build_model("abmil", DIM, 2, hidden=hidden, dropout=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for flat, _, y in train:
+            loss = task_loss("classification", model(flat.features).logits.view(1, -1), torch.tensor([y]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def first_stage(data):
+    return train_abmil(data[0])
+
+
 def _run(model, bag):
     return model(bag.features, coords=bag.coords, mask=bag.mask, label=None)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_model_learns_key_instance_task(name, data):
+def test_model_learns_key_instance_task(name, data, first_stage):
     train, test = data
     torch.manual_seed(0)
     model = build_model(name, DIM, 2, **{"hidden": 32, "dropout": 0.0, **KWARGS.get(name, {})})
+    if name in ("mhim", "ibmil"):  # two-stage: the fold's ABMIL first (the loop does this from model.pt)
+        model.init_from_first_stage(first_stage, [flat for flat, _, _ in train])
     hier = model.input_kind == "hierarchy"
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR.get(name, 2e-3), weight_decay=1e-5)
     order = np.random.default_rng(0)
@@ -82,20 +103,11 @@ def test_model_learns_key_instance_task(name, data):
     assert outputs[0].attention is not None and outputs[0].attention.shape == (n_expected,)
 
 
-def test_attention_pools_find_the_key_instances(data):
+def test_attention_pools_find_the_key_instances(data, first_stage):
     """ABMIL's attention mass after training sits on the key instances of a positive bag."""
     train, _ = data
-    torch.manual_seed(0)
-    model = build_model("abmil", DIM, 2, hidden=32, dropout=0.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(8):
-        for flat, _, y in train:
-            loss = task_loss("classification", model(flat.features).logits.view(1, -1), torch.tensor([y]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    model = first_stage
     flat, _, _ = train[1]
-    model.eval()
     with torch.inference_mode():
         attention = model(flat.features).attention
     signal_score = flat.features @ torch.from_numpy(np.random.default_rng(99).normal(size=DIM).astype(np.float32))
@@ -119,11 +131,14 @@ def test_50k_instance_forward_every_model_under_4gb():
         sys.path.insert(0, sys.argv[1])
         from _mil_fixtures import hierarchy_from_flat, synthetic_bag
         from slidesnake.models.mil import MODELS, build_model
+        from slidesnake.models.mil.base import Bag
         torch.set_num_threads(2)
         f, c = synthetic_bag(np.random.default_rng(0), True, 50_000, 64, 5, np.ones(64, np.float32))
         h = hierarchy_from_flat(f, c)
         for name in MODELS:
             model = build_model(name, 64, 2).eval()
+            if name == "ibmil":  # its dictionary comes from a first-stage ABMIL (random weights suffice here)
+                model.init_from_first_stage(build_model("abmil", 64, 2), [Bag(torch.randn(20, 64)) for _ in range(8)])
             with torch.inference_mode():
                 if model.input_kind == "hierarchy":
                     out = model(torch.from_numpy(h["features"]), mask=torch.from_numpy(h["mask"]))

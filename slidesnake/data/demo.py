@@ -4,6 +4,13 @@ The default config runs the whole pipeline offline on this cohort, so every slid
 SVS that OpenSlide reads like scanner output, the two classes differ visibly (colour and texture), one
 slide is a native-20x scan and one has no tissue, so those code paths run on every demo run.
 
+A harder variant (``config/cohorts/demo_hard.yaml``) uses the same generator with three more knobs,
+whose defaults leave the default demo byte-identical: ``focus_fraction`` < 1 draws the class
+morphology only in small foci covering that share of the tissue, on a stroma background that both
+classes share (so the class lives in a minority of patches, as a tumour focus in a biopsy);
+``stain_jitter`` scales the per-slide stain variation; ``label_noise`` records the wrong class for
+that share of patients (their slides still show the true one).
+
 Slides are rendered as haematoxylin and eosin concentration maps (uint8, OD x 100) and turned into RGB
 through per-slide Beer-Lambert look-up tables, so stain jitter costs two 256-entry tables, not a
 per-pixel exponential.
@@ -70,12 +77,19 @@ class DemoConfig:
     """Shape of the demo cohort; every output is a pure function of these fields.
 
     ``size`` is the level-0 side in pixels of a 40x slide (0.25 um/px), so 8192 is 2 mm x 2 mm of glass.
+    ``focus_fraction``: share of the tissue area showing the class morphology (1 = all of it; below
+    1, small foci of 60-120 um radius on a shared stroma background). ``stain_jitter``: multiplies
+    the per-slide stain-vector noise and intensity spread. ``label_noise``: share of patients whose
+    recorded label is the other class.
     """
 
     n_patients: int = 10
     slides_per_patient: int = 2
     size: int = 8192
     seed: int = 0
+    focus_fraction: float = 1.0
+    stain_jitter: float = 1.0
+    label_noise: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------- sheet
@@ -113,7 +127,18 @@ def demo_sheet(cfg: DemoConfig, slide_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def _patient_labels(cfg: DemoConfig) -> dict[str, str]:
-    """case_id -> class, balanced between the two classes and shuffled by the seed."""
+    """case_id -> recorded class: the true class, except for a ``label_noise`` share of patients."""
+    labels = _true_classes(cfg)
+    n_flip = round(cfg.label_noise * cfg.n_patients)
+    if n_flip:
+        rng = np.random.default_rng([cfg.seed, _stable_int("label_noise")])
+        for case_id in rng.choice(sorted(labels), n_flip, replace=False).tolist():
+            labels[case_id] = CLASSES[1 - CLASSES.index(labels[case_id])]
+    return labels
+
+
+def _true_classes(cfg: DemoConfig) -> dict[str, str]:
+    """case_id -> the class its slides show, balanced between the two classes and shuffled by the seed."""
     rng = np.random.default_rng([cfg.seed, _stable_int("labels")])
     order = rng.permutation(cfg.n_patients)
     return {f"DEMO-{i + 1:04d}": CLASSES[int(order[i]) % 2] for i in range(cfg.n_patients)}
@@ -126,6 +151,12 @@ def _validate(cfg: DemoConfig) -> None:
         raise DemoConfigError(f"demo.slides_per_patient={cfg.slides_per_patient}: must be at least 1")
     if cfg.size < 512 or cfg.size % 2:
         raise DemoConfigError(f"demo.size={cfg.size}: must be an even number of pixels >= 512")
+    if not 0 < cfg.focus_fraction <= 1:
+        raise DemoConfigError(f"demo.focus_fraction={cfg.focus_fraction}: must be in (0, 1] (1 = all tissue)")
+    if cfg.stain_jitter < 0:
+        raise DemoConfigError(f"demo.stain_jitter={cfg.stain_jitter}: must be >= 0 (1 = the default spread)")
+    if not 0 <= cfg.label_noise < 0.5:
+        raise DemoConfigError(f"demo.label_noise={cfg.label_noise}: must be in [0, 0.5)")
 
 
 def _stable_int(text: str) -> int:
@@ -159,7 +190,8 @@ def render_demo_slide(cfg: DemoConfig, slide_id: str) -> tuple[np.ndarray, float
     n = round(cfg.size * MPP_40X / mpp)
     if row["scan"] == "empty":
         return _render_glass(rng, n), mpp
-    return _render_tissue(rng, n, 1.0 / mpp, row["label"]), mpp
+    label = _true_classes(cfg)[row["case_id"]]  # the slide shows the true class, whatever was recorded
+    return _render_tissue(rng, n, 1.0 / mpp, label, cfg.focus_fraction, cfg.stain_jitter), mpp
 
 
 def _render_glass(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -177,14 +209,24 @@ def _render_glass(rng: np.random.Generator, n: int) -> np.ndarray:
     return image
 
 
-def _render_tissue(rng: np.random.Generator, n: int, px: float, label: str) -> np.ndarray:
-    """H&E-like tissue islands on glass; ``px`` is pixels per micrometre."""
+def _render_tissue(
+    rng: np.random.Generator, n: int, px: float, label: str, focus_fraction: float = 1.0, stain_jitter: float = 1.0
+) -> np.ndarray:
+    """H&E-like tissue islands on glass; ``px`` is pixels per micrometre.
+
+    With ``focus_fraction`` < 1 the class morphology shows only inside small foci; the rest of the
+    tissue is the stroma both classes share.
+    """
     mask = _tissue_mask(rng, n)
-    h_lut, e_lut = _stain_luts(rng)
+    h_lut, e_lut = _stain_luts(rng, stain_jitter)
     if label == "solid":
         h, e = _solid_stains(rng, mask, px)
     else:
         h, e = _glandular_stains(rng, mask, px)
+    if focus_fraction < 1:
+        foci = _foci_mask(rng, mask, focus_fraction, px)
+        h_bg, e_bg = _stroma_stains(rng, mask, px)
+        h, e = np.where(foci, h, h_bg), np.where(foci, e, e_bg)
     sigma = 0.35 * px
     h = cv2.bitwise_and(cv2.GaussianBlur(h, (0, 0), sigma), mask)
     e = cv2.bitwise_and(cv2.GaussianBlur(e, (0, 0), sigma), mask)
@@ -193,13 +235,17 @@ def _render_tissue(rng: np.random.Generator, n: int, px: float, label: str) -> n
     return cv2.merge(channels)
 
 
-def _stain_luts(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two (3, 256) uint8 tables with this slide's stain jitter: 255 x haematoxylin transmission, glass x eosin's."""
+def _stain_luts(rng: np.random.Generator, jitter: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Two (3, 256) uint8 tables with this slide's stain jitter: 255 x haematoxylin transmission, glass x eosin's.
+
+    ``jitter`` scales the spread (stain-vector noise sd 0.03, intensity 0.9-1.1 at 1).
+    """
     levels = np.arange(256, dtype=np.float64)[:, None] / _OD_SCALE
+    spread = min(0.1 * jitter, 0.6)
     tables = []
     for base, white in ((_H_VECTOR, 255.0), (_E_VECTOR, np.asarray(GLASS_RGB, np.float64))):
-        v = np.clip(base + rng.normal(0.0, 0.03, 3), 0.01, None)
-        v = v / np.linalg.norm(v) * rng.uniform(0.9, 1.1)
+        v = np.clip(base + rng.normal(0.0, 0.03 * jitter, 3), 0.01, None)
+        v = v / np.linalg.norm(v) * rng.uniform(1 - spread, 1 + spread)
         table = np.clip(np.rint(white * np.exp(-levels * v)), 0, 255).astype(np.uint8)
         tables.append(np.ascontiguousarray(table.T))
     return tables[0], tables[1]
@@ -272,8 +318,24 @@ def _solid_stains(rng: np.random.Generator, mask: np.ndarray, px: float) -> tupl
     return h, e
 
 
-def _glandular_stains(rng: np.random.Generator, mask: np.ndarray, px: float) -> tuple[np.ndarray, np.ndarray]:
-    """Eosin-rich stroma with sparse spindle nuclei around round glands lined by large pale nuclei."""
+def _foci_mask(rng: np.random.Generator, mask: np.ndarray, fraction: float, px: float) -> np.ndarray:
+    """bool (n, n): random discs of 60-120 um radius centred in tissue until they cover ``fraction`` of it."""
+    n = mask.shape[0]
+    tissue = np.flatnonzero(mask > 0)
+    foci = np.zeros((n, n), np.uint8)
+    target = fraction * tissue.size
+    for _ in range(10_000):
+        if cv2.countNonZero(cv2.bitwise_and(foci, mask)) >= target:
+            break
+        y, x = divmod(int(tissue[rng.integers(tissue.size)]), n)
+        cv2.circle(foci, (x, y), max(1, round(rng.uniform(60.0, 120.0) * px)), 255, -1)
+    return (foci > 0) & (mask > 0)
+
+
+def _stroma_stains(
+    rng: np.random.Generator, mask: np.ndarray, px: float, speckle: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eosin-rich fibrous stroma with sparse spindle nuclei (the glandular class's stroma, without glands)."""
     n = mask.shape[0]
     fibres = _fibre_texture(rng, n, px)
     e = cv2.add(np.full((n, n), int(rng.integers(50, 65)), np.uint8), fibres)
@@ -286,6 +348,15 @@ def _glandular_stains(rng: np.random.Generator, mask: np.ndarray, px: float) -> 
     value = rng.integers(110, 140, len(stroma))
     for (x, y), a, b, t, v in zip(stroma.tolist(), major.tolist(), minor.tolist(), angle.tolist(), value.tolist()):
         cv2.ellipse(h, (x, y), (a, b), t, 0, 360, v, -1)
+    if speckle:
+        h = cv2.subtract(h, _speckle(rng, n, 20))
+    return h, e
+
+
+def _glandular_stains(rng: np.random.Generator, mask: np.ndarray, px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eosin-rich stroma with sparse spindle nuclei around round glands lined by large pale nuclei."""
+    n = mask.shape[0]
+    h, e = _stroma_stains(rng, mask, px, speckle=False)
     glands = _jittered_hex_grid(rng, n, rng.uniform(150.0, 180.0) * px, 0.2)
     glands = glands[(mask[glands[:, 1], glands[:, 0]] > 0) & (rng.random(len(glands)) < 0.8)]
     for x, y in glands.tolist():
@@ -378,7 +449,7 @@ def demo_clinical(cfg: DemoConfig) -> pd.DataFrame:
     """One row per demo case, GDC-like fields; solid cases are higher stage/grade and die sooner."""
     _validate(cfg)
     rows = []
-    for case_id, label in _patient_labels(cfg).items():
+    for case_id, label in _true_classes(cfg).items():  # outcome follows the disease, not the recorded label
         rng = np.random.default_rng([cfg.seed, _stable_int(f"clinical:{case_id}")])
         solid = label == "solid"
         stage = int(rng.choice(4, p=[0.1, 0.2, 0.4, 0.3] if solid else [0.4, 0.3, 0.2, 0.1])) + 1
@@ -413,7 +484,7 @@ def demo_mutations(cfg: DemoConfig) -> pd.DataFrame:
     """Wide case x gene table: TP53 follows the class (solid mutant) in ~90% of cases, other genes are random."""
     _validate(cfg)
     rows = []
-    for case_id, label in _patient_labels(cfg).items():
+    for case_id, label in _true_classes(cfg).items():
         rng = np.random.default_rng([cfg.seed, _stable_int(f"mutations:{case_id}")])
         solid = label == "solid"
         tmb = float(round(math.exp(rng.normal(math.log(9.0 if solid else 4.0), 0.4)), 2))

@@ -34,6 +34,7 @@ from slidesnake.io.coords import plan_from_attrs, read_attrs
 from slidesnake.io.slide import ReadPlan, open_slide, read_patch
 from slidesnake.models.mil import MODELS, build_model
 from slidesnake.train.data import load_bag
+from slidesnake.train.losses import survival_risk
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,10 @@ def _scores(checkpoint, model_pt, features_h5, hierarchy_h5, device: str) -> tup
         raise HeatmapInputError(
             f"model {name!r} ({model_pt}) returns no per-instance attention or score; no heatmap possible"
         )
-    scores = out.attention.detach().float().cpu().numpy().reshape(-1)
+    score = out.attention
+    if out.instance_logits is not None and checkpoint.get("task", {}).get("kind") == "survival":
+        score = survival_risk(out.instance_logits)  # each instance's own risk, not one hazard bin
+    scores = score.detach().float().cpu().numpy().reshape(-1)
     if len(scores) != len(coords):
         raise HeatmapInputError(
             f"model {name!r} returned {len(scores)} instance scores for {len(coords)} instances of {bag_path}"
@@ -149,9 +153,24 @@ def slide_heatmaps(
         attrs = {**attrs, "magnification": float(attrs["magnification"]) / CHILDREN_PER_SIDE,
                  "patch_size_level0": int(hier["patch_size_level0_5x"])}  # fmt: skip
     size0 = int(attrs.get("patch_size_level0", 0))
-    render_heatmap(slide_path, coords, scores, size0, heatmap_png, thumbnail_max=thumbnail_max, title=title)
+    render_heatmap(
+        slide_path,
+        coords,
+        scores,
+        size0,
+        heatmap_png,
+        thumbnail_max=thumbnail_max,
+        title=title,
+        map_shows=map_description(checkpoint),
+    )
     render_top_patches(slide_path, coords, scores, attrs, top_png, k=k, fallback_mpp=fallback_mpp)
     return len(scores)
+
+
+def map_description(checkpoint: Mapping[str, Any]) -> str:
+    """What the model's instance scores are (the model class's ``map_shows``), for the figure."""
+    model = MODELS.get(checkpoint["model"])
+    return f"{checkpoint['model']}: {model.map_shows}" if model is not None else str(checkpoint["model"])
 
 
 def _h5_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -221,11 +240,13 @@ def render_heatmap(
     cmap: str = "jet",
     alpha: float = 0.5,
     title: str | None = None,
+    map_shows: str | None = None,
 ) -> np.ndarray:
     """Draw percentile-normalised ``scores`` over the slide thumbnail with a colour bar; write ``out_png``.
 
     The thumbnail (longest side at most ``thumbnail_max``) is drawn 1:1 at PNG offset (row TITLE_PX,
-    column 0); the title is ``title`` or the slide file's stem. Returns the blended RGB thumbnail.
+    column 0); the title is ``title`` or the slide file's stem, and ``map_shows`` (what the scores
+    are, e.g. "class-token attention row") is a second line under it. Returns the blended RGB thumbnail.
     """
     slide = open_slide(slide_path)
     try:
@@ -241,9 +262,13 @@ def render_heatmap(
     name = title or Path(slide_path).stem
     fig = Figure(figsize=((width + COLORBAR_PX) / DPI, (height + TITLE_PX) / DPI), dpi=DPI)
     fig.figimage(image, xo=0, yo=0, origin="upper")
-    fig.text(0.5 * width / (width + COLORBAR_PX), 1 - 0.5 * TITLE_PX / (height + TITLE_PX),
+    title_y = 0.3 if map_shows else 0.5  # fraction of the title band from its top
+    fig.text(0.5 * width / (width + COLORBAR_PX), 1 - title_y * TITLE_PX / (height + TITLE_PX),
              f"{name}  ({len(scores)} patches)" if len(scores) else f"{name}  (no patches)",
              ha="center", va="center", fontsize=11)  # fmt: skip
+    if map_shows:
+        fig.text(0.5 * width / (width + COLORBAR_PX), 1 - 0.78 * TITLE_PX / (height + TITLE_PX),
+                 f"map: {map_shows}", ha="center", va="center", fontsize=7)  # fmt: skip
     total_w, total_h = width + COLORBAR_PX, height + TITLE_PX
     cax = fig.add_axes((width / total_w + 15 / total_w, 0.1 * height / total_h, 18 / total_w, 0.8 * height / total_h))
     bar = fig.colorbar(ScalarMappable(norm=Normalize(0, 100), cmap=cmap), cax=cax)

@@ -5,38 +5,17 @@ Bags are read lazily per step, so memory holds one bag at a time whatever the co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import h5py
 import numpy as np
 import torch
 
 from slidesnake.errors import InputError
 from slidesnake.io.coords import plain
+from slidesnake.models.mil.base import Bag, subsample  # noqa: F401  (moved to the model layer; re-exported)
 
 
 class BagFileError(InputError):
     """A features/hierarchy h5 lacks the datasets of its file contract (DESIGN §2)."""
-
-
-@dataclass
-class Bag:
-    """One slide: features (N, D) or (N5, 16, D); coords (N, 2) or parent coords (N5, 2); mask (N5, 16)."""
-
-    features: torch.Tensor
-    coords: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.features.shape[0])
-
-    def to(self, device: torch.device) -> Bag:
-        """Move every tensor to ``device``."""
-        return Bag(
-            self.features.to(device),
-            None if self.coords is None else self.coords.to(device),
-            None if self.mask is None else self.mask.to(device),
-        )
 
 
 def load_bag(path: str, input_kind: str = "flat", coords: bool = True) -> Bag:
@@ -78,15 +57,3 @@ def bag_length(path: str) -> int:
     """Number of instances (or parent regions) in a features/hierarchy h5, without reading the data."""
     with h5py.File(path, "r") as f:
         return int(f["features"].shape[0]) if "features" in f else 0
-
-
-def subsample(bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
-    """Keep a random ``max_instances`` rows of a larger bag (training only) so memory stays bounded."""
-    if max_instances <= 0 or len(bag) <= max_instances:
-        return bag
-    keep = torch.randperm(len(bag), generator=generator)[:max_instances].sort().values
-    return Bag(
-        bag.features[keep],
-        None if bag.coords is None else bag.coords[keep],
-        None if bag.mask is None else bag.mask[keep],
-    )

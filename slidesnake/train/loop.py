@@ -137,7 +137,7 @@ def _forward_loss(
     """Task loss on slide logits + auxiliary branches; returns (loss, slide logits)."""
     label = target.view(-1)[:1] if task.kind == "classification" else None
     out = model(bag.features, coords=bag.coords, mask=bag.mask, label=label)
-    loss = task_loss(task.kind, out.logits.view(1, -1), target, weight)
+    loss = model.bag_weight * task_loss(task.kind, out.logits.view(1, -1), target, weight)
     if out.extra_logits is not None:
         loss = loss + task_loss(task.kind, out.extra_logits.view(-1, out.logits.numel()), target, weight)
     if out.aux_loss is not None:

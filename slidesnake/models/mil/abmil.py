@@ -33,6 +33,10 @@ class ABMIL(MILModel):
         mask: torch.Tensor | None = None,
         label: torch.Tensor | None = None,
     ) -> MILOutput:
-        h = self.embed(features)
-        pooled, weights = attention_pool(h, self.attention(h))
+        pooled, weights = self.bag_embedding(features)
         return MILOutput(logits=self.classifier(pooled), attention=weights)
+
+    def bag_embedding(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slide embedding (hidden,), attention weights (N,)): what MHIM's teacher and IBMIL's k-means use."""
+        h = self.embed(features)
+        return attention_pool(h, self.attention(h))

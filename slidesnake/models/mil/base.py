@@ -6,15 +6,76 @@ One contract lets the training loop, evaluation and heatmaps treat ABMIL, TransM
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slidesnake.errors import InputError
 
+if TYPE_CHECKING:
+    from slidesnake.models.mil.abmil import ABMIL
+
 
 class MissingCoordsError(InputError):
     """A model that builds a spatial structure (graph, grid) was given no coordinates."""
+
+
+class FirstStageError(InputError):
+    """A two-stage model was trained without (or with an unsuitable) first-stage model."""
+
+
+@dataclass
+class Bag:
+    """One slide: features (N, D) or (N5, 16, D); coords (N, 2) or parent coords (N5, 2); mask (N5, 16)."""
+
+    features: torch.Tensor
+    coords: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def to(self, device: torch.device) -> Bag:
+        """Move every tensor to ``device``."""
+        return Bag(
+            self.features.to(device),
+            None if self.coords is None else self.coords.to(device),
+            None if self.mask is None else self.mask.to(device),
+        )
+
+    def rows(self, index: torch.Tensor) -> Bag:
+        """The bag restricted to rows ``index`` (features, coords and mask together)."""
+        return Bag(
+            self.features[index],
+            None if self.coords is None else self.coords[index],
+            None if self.mask is None else self.mask[index],
+        )
+
+
+def subsample(bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
+    """Keep a random ``max_instances`` rows of a larger bag (training only) so memory stays bounded."""
+    if max_instances <= 0 or len(bag) <= max_instances:
+        return bag
+    keep = torch.randperm(len(bag), generator=generator)[:max_instances].sort().values
+    return bag.rows(keep)
+
+
+def grid_window(n: int, side: int, window: int, generator: torch.Generator, align: int = 1) -> torch.Tensor:
+    """Row indices of a random ``window`` x ``window`` square of the row-major ``side``-wide grid of ``n`` rows.
+
+    Sequence-grid models (TransMIL, RRT) lay instance i at (i // side, i % side); a crop keeps whole
+    grid rows and columns, so each kept instance has the same grid neighbours as in the full bag.
+    The square lies in fully filled rows; its corner is a multiple of ``align`` (RRT's regions).
+    """
+    full_rows = n // side
+    window = max(align, min(window, full_rows, side) // align * align)
+    r0 = torch.randint(0, max(1, (full_rows - window) // align + 1), (1,), generator=generator).item() * align
+    c0 = torch.randint(0, max(1, (side - window) // align + 1), (1,), generator=generator).item() * align
+    rows = torch.arange(r0, r0 + window).view(-1, 1) * side
+    index = (rows + torch.arange(c0, c0 + window).view(1, -1)).reshape(-1)
+    return index[index < n]
 
 
 @dataclass
@@ -25,13 +86,16 @@ class MILOutput:
     for hierarchical models), None if the model has none. extra_logits: (M, C) auxiliary slide-level
     predictions that the loop scores with the task loss against the bag target (DSMIL max-instance
     branch, DTFD pseudo-bags). aux_loss: a label-aware or self-supervised loss the model computes
-    itself (CLAM instance clustering, MHIM consistency), already weighted.
+    itself (CLAM instance clustering, MHIM consistency), already weighted. instance_logits: (N, C)
+    per-instance outputs on the slide's scale, for models whose slide logit is their mean (mean
+    pooling); heatmaps turn them into the task's score (e.g. a survival risk).
     """
 
     logits: torch.Tensor
     attention: torch.Tensor | None = None
     extra_logits: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
+    instance_logits: torch.Tensor | None = None
 
 
 class MILModel(nn.Module):
@@ -43,26 +107,24 @@ class MILModel(nn.Module):
     """
 
     input_kind: str = "flat"
+    #: what ``MILOutput.attention`` holds, printed on heatmaps (each model states its own)
+    map_shows: str = "attention weight of each instance in the slide embedding"
+    #: weight of the slide-level task loss; auxiliary losses come weighted in ``MILOutput.aux_loss``
+    bag_weight: float = 1.0
 
     def __init__(self, in_dim: int, n_outputs: int) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.n_outputs = n_outputs
 
-    def training_bag(self, bag, max_instances: int, generator: torch.Generator):
-        """The view of ``bag`` one training step sees: a random ``max_instances`` subset (memory bound).
-
-        Models whose structure depends on the whole bag (graphs, grids) override this.
-        """
-        from slidesnake.train.data import subsample  # placeholder until Bag/subsample move into this module
-
+    def training_bag(self, bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
+        """The bag one training step sees: a random ``max_instances`` subset (spatial models crop instead)."""
         return subsample(bag, max_instances, generator)
 
-    def init_from_first_stage(self, first_stage: MILModel, train_bags: list) -> None:
-        """Initialise from the same fold's trained first-stage model (two-stage models override this)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} declares no first stage; register it with first_stage=... and override "
-            "init_from_first_stage to use the first-stage model"
+    def init_from_first_stage(self, first_stage: ABMIL, train_bags: list[Bag]) -> None:
+        """Two-stage models (MHIM, IBMIL) initialise from the same fold's trained ABMIL; others have none."""
+        raise FirstStageError(
+            f"{type(self).__name__} is a one-stage model: it takes no first-stage model (only mhim and ibmil do)"
         )
 
 
@@ -84,7 +146,18 @@ class GatedAttention(nn.Module):
         self.w = nn.Linear(attn_dim, n_heads)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.w(self.v(h) * self.u(h))
+        # both branches' Linear layers as one matrix product (same weights and result, one pass over h)
+        v, u = self.v[0], self.u[0]
+        vu = F.linear(h, torch.cat([v.weight, u.weight]), torch.cat([v.bias, u.bias]))
+        gate_v, gate_u = vu.split(v.out_features, dim=-1)
+        gate = torch.tanh(gate_v) * torch.sigmoid(gate_u)
+        p = self.v[2].p
+        if self.training and p > 0:
+            # dropout on each branch, then their product = one Bernoulli((1-p)^2) mask on the product,
+            # scaled by 1/(1-p)^2: the same distribution as two masks, at the cost of one
+            keep = (1 - p) * (1 - self.u[2].p)
+            gate = gate * torch.empty_like(gate).bernoulli_(keep).div_(keep)
+        return self.w(gate)
 
 
 def attention_pool(h: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

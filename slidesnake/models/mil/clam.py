@@ -2,10 +2,14 @@
 
 Lu et al., "Data-efficient and weakly supervised computational pathology on whole-slide images",
 Nature Biomedical Engineering 2021. The defining mechanism: the k most- and least-attended instances
-get pseudo-labels (in-class / out-of-class) and train per-class instance classifiers (bag weight 0.7).
+get pseudo-labels (in-class / out-of-class) and train per-class instance classifiers. Total loss
+0.7 * bag loss + 0.3 * instance loss, as the reference (``bag_weight``). The instance loss needs the
+bag's single class label, so multilabel and survival tasks train the bag branch only (logged once).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +18,13 @@ from torch import nn
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, embed
 from slidesnake.models.registry import register
 
+log = logging.getLogger(__name__)
+
 
 class _CLAM(MILModel):
     multi_branch = False
+    bag_weight = 0.7
+    map_shows = "attention weight of each instance (the map that picks the instance-loss top-k)"
 
     def __init__(
         self,
@@ -38,6 +46,7 @@ class _CLAM(MILModel):
             self.classifier = nn.Linear(hidden, n_outputs)
         self.instance_classifiers = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(n_outputs))
         self.k_sample, self.instance_weight = k_sample, instance_weight
+        self._told_no_instance_loss = False
 
     def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
         h = self.embed(features)
@@ -50,24 +59,35 @@ class _CLAM(MILModel):
         branch = int(logits.argmax()) if self.multi_branch else 0
         aux = None
         if label is not None and self.training:
-            aux = self.instance_weight * self._instance_loss(h, weights, int(label.view(-1)[0]))
+            aux = self.instance_weight * self.instance_loss(h, weights, int(label.view(-1)[0]))
+        elif self.training and not self._told_no_instance_loss:
+            log.warning(
+                "%s: no instance-clustering loss for this task (it needs one class label per bag: single-label"
+                " classification); training the bag branch only",
+                type(self).__name__,
+            )
+            self._told_no_instance_loss = True
         return MILOutput(logits=logits, attention=weights[:, branch], aux_loss=aux)
 
-    def _instance_loss(self, h: torch.Tensor, weights: torch.Tensor, label: int) -> torch.Tensor:
+    def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, label: int) -> torch.Tensor:
         """In-class branch: top-k attended are positive, bottom-k negative; other classes: top-k negative."""
-        k = min(self.k_sample, h.shape[0] // 2) or 1
         losses = []
+        shared = None if self.multi_branch else self.top_k(weights[:, 0])  # CLAM-SB: one map for every class
         for c, clf in enumerate(self.instance_classifiers):
-            a = weights[:, c if self.multi_branch else 0]
-            top = h[torch.topk(a, k).indices]
+            top_idx, bottom_idx = shared or self.top_k(weights[:, c])
+            top, k = h[top_idx], len(top_idx)
             if c == label:
-                bottom = h[torch.topk(-a, k).indices]
-                x = torch.cat([top, bottom])
+                x = torch.cat([top, h[bottom_idx]])
                 y = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(h.device)
             else:
                 x, y = top, torch.zeros(k, dtype=torch.long, device=h.device)
             losses.append(F.cross_entropy(clf(x), y))
         return torch.stack(losses).mean()
+
+    def top_k(self, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the k most and k least attended instances (k = k_sample, at most half the bag)."""
+        k = min(self.k_sample, attention.shape[0] // 2) or 1
+        return torch.topk(attention, k).indices, torch.topk(-attention, k).indices
 
 
 @register("clam_sb")
@@ -80,3 +100,4 @@ class CLAMMB(_CLAM):
     """CLAM multi-branch: one attention map and bag classifier per class."""
 
     multi_branch = True
+    map_shows = "attention weight of each instance in the predicted class's branch"

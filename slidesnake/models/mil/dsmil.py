@@ -8,6 +8,7 @@ the similarity of its query to the query of the highest-scoring (critical) insta
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slidesnake.models.mil.base import MILModel, MILOutput, embed
@@ -17,6 +18,8 @@ from slidesnake.models.registry import register
 @register("dsmil")
 class DSMIL(MILModel):
     """Instance classifier (max stream) + critical-instance attention pooling (bag stream)."""
+
+    map_shows = "similarity to the critical (top-scoring) instance, predicted class"
 
     def __init__(
         self, in_dim: int, n_outputs: int, hidden: int = 256, attn_dim: int = 128, dropout: float = 0.25
@@ -37,6 +40,7 @@ class DSMIL(MILModel):
         scores = q @ q[critical].T / q.shape[1] ** 0.5  # (N, C)
         weights = torch.softmax(scores, dim=0)
         bag = weights.T @ self.value(h)  # (C, hidden)
-        logits = self.bag_classifier(bag.unsqueeze(0)).view(-1)
+        conv = self.bag_classifier  # a Conv1d whose kernel spans the whole row is one linear map: computed as one
+        logits = F.linear(bag.reshape(-1), conv.weight.reshape(conv.out_channels, -1), conv.bias)
         max_logits = instance_logits.max(dim=0).values
         return MILOutput(logits=logits, attention=weights[:, int(logits.argmax())], extra_logits=max_logits.view(1, -1))

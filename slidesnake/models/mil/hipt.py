@@ -21,6 +21,7 @@ class HierarchicalMIL(MILModel):
     """Input: (N5, 16, D) children + (N5, 16) mask. Attention is per 5x parent region."""
 
     input_kind = "hierarchy"
+    map_shows = "stage-2 attention weight of each 5x region"
 
     def __init__(
         self,

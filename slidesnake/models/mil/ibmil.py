@@ -1,24 +1,36 @@
 """IBMIL: interventional bag MIL with a backdoor adjustment over a confounder dictionary.
 
 Lin et al., "Interventional Bag Multi-Instance Learning On Whole-Slide Pathological Images", CVPR 2023.
-The bag embedding z is re-expressed as z + sum_c P(c) softmax(q(z)·k(c)) c over confounder prototypes
-c, approximating P(Y | do(X)). The paper fits the prototypes by k-means on bag embeddings of a
-first-stage model; here they are an online k-means (EMA) over training bag embeddings, so one
-training run suffices.
+As the paper and its code: a first-stage model (the same fold's trained ABMIL) embeds every training
+bag; k-means (scikit-learn) over those embeddings gives the confounder dictionary (the centroids),
+which is then frozen (a registered buffer, saved with the checkpoint, never trained or updated).
+The interventional model attends from its bag embedding z to the dictionary,
+softmax(W_q z · W_k c / sqrt(d)), and classifies [z ; sum_c a_c c], approximating P(Y | do(X)).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from sklearn.cluster import KMeans
 from torch import nn
 
-from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.mil.abmil import ABMIL
+from slidesnake.models.mil.base import (
+    Bag,
+    FirstStageError,
+    GatedAttention,
+    MILModel,
+    MILOutput,
+    attention_pool,
+    embed,
+)
 from slidesnake.models.registry import register
 
 
 @register("ibmil", first_stage="abmil")
 class IBMIL(MILModel):
-    """ABMIL aggregator + backdoor-adjusted bag embedding over ``n_confounders`` prototypes."""
+    """ABMIL aggregator + backdoor-adjusted bag embedding over ``n_confounders`` frozen prototypes."""
 
     def __init__(
         self,
@@ -28,7 +40,7 @@ class IBMIL(MILModel):
         attn_dim: int = 128,
         dropout: float = 0.25,
         n_confounders: int = 8,
-        confounder_momentum: float = 0.9,
+        seed: int = 66,
     ) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)
@@ -37,30 +49,39 @@ class IBMIL(MILModel):
         self.key = nn.Linear(hidden, attn_dim)
         self.classifier = nn.Linear(2 * hidden, n_outputs)
         self.register_buffer("confounders", torch.zeros(n_confounders, hidden))
-        self.register_buffer("prior", torch.full((n_confounders,), 1.0 / n_confounders))
-        self.register_buffer("n_seen", torch.zeros((), dtype=torch.long))
-        self.momentum = confounder_momentum
-
-    def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
-        h = self.embed(features)
-        z, weights = attention_pool(h, self.attention(h))
-        if self.training:
-            self._update_confounders(z.detach())
-        att = torch.softmax(self.key(self.confounders) @ self.query(z) / self.query.out_features**0.5, dim=0)
-        adjusted = (att * self.prior) @ self.confounders / (att * self.prior).sum().clamp_min(1e-8)
-        return MILOutput(logits=self.classifier(torch.cat([z, adjusted])), attention=weights)
+        self.register_buffer("dictionary_ready", torch.zeros((), dtype=torch.bool))
+        self.seed = seed
 
     @torch.no_grad()
-    def _update_confounders(self, z: torch.Tensor) -> None:
-        """Online k-means: seed prototypes with the first bags, then move the nearest one toward z."""
-        k = self.confounders.shape[0]
-        seen = int(self.n_seen)
-        if seen < k:
-            self.confounders[seen] = z
-        else:
-            nearest = torch.cdist(z[None], self.confounders)[0].argmin()
-            self.confounders[nearest].mul_(self.momentum).add_(z, alpha=1 - self.momentum)
-            counts = self.prior * seen
-            counts[nearest] += 1
-            self.prior.copy_(counts / counts.sum())
-        self.n_seen += 1
+    def init_from_first_stage(self, first_stage: ABMIL, train_bags: list[Bag]) -> None:
+        """Confounder dictionary <- k-means centroids of the first-stage ABMIL's training-bag embeddings."""
+        k, hidden = self.confounders.shape
+        if len(train_bags) < k:
+            raise FirstStageError(
+                f"IBMIL needs at least n_confounders={k} training bags for its k-means dictionary, got"
+                f" {len(train_bags)}; lower train.model_kwargs n_confounders"
+            )
+        was_training = first_stage.training
+        first_stage.eval()
+        z = torch.stack([first_stage.bag_embedding(bag.features)[0] for bag in train_bags]).cpu().numpy()
+        first_stage.train(was_training)
+        if z.shape[1] != hidden:
+            raise FirstStageError(
+                f"first-stage ABMIL embeds into {z.shape[1]} dims but IBMIL's hidden is {hidden}; use the same"
+                " train.model_kwargs hidden for both"
+            )
+        kmeans = KMeans(n_clusters=k, n_init=10, random_state=self.seed).fit(z.astype(np.float64))
+        self.confounders.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=self.confounders.dtype))
+        self.dictionary_ready.fill_(True)
+
+    def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
+        if not bool(self.dictionary_ready):
+            raise FirstStageError(
+                "IBMIL's confounder dictionary is empty: call init_from_first_stage() with the same fold's"
+                " trained ABMIL before training (train abmil on this fold first)"
+            )
+        h = self.embed(features)
+        z, weights = attention_pool(h, self.attention(h))
+        conf = self.confounders
+        att = torch.softmax(self.key(conf) @ self.query(z) / self.query.out_features**0.5, dim=0)  # (K,)
+        return MILOutput(logits=self.classifier(torch.cat([z, att @ conf])), attention=weights)

@@ -4,6 +4,9 @@ Chen et al., "Whole Slide Images are 2D Point Clouds: Context-Aware Survival Pre
 Patch-based Graph Convolutional Networks", MICCAI 2021. Each patch is a node linked to its k=8
 spatial neighbours; residual GCN layers mix context, the layer outputs are concatenated, and a
 gated-attention readout gives the slide. Plain torch + scipy's KD-tree (no torch_geometric).
+A training bag larger than ``max_instances`` is cropped to a spatially contiguous disc (the nearest
+``max_instances`` patches of a random patch), not a random subset: the graph then links the same
+neighbours at the same spacing as the full-bag graph evaluation sees.
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
-from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, MissingCoordsError, attention_pool, embed
+from slidesnake.models.mil.base import (
+    Bag,
+    GatedAttention,
+    MILModel,
+    MILOutput,
+    MissingCoordsError,
+    attention_pool,
+    embed,
+)
 from slidesnake.models.registry import register
 
 
@@ -45,6 +56,8 @@ class _GCNLayer(nn.Module):
 class PatchGCN(MILModel):
     """kNN graph on coords -> residual GCN layers (concatenated) -> gated-attention readout."""
 
+    map_shows = "gated-attention weight of each patch after graph convolution"
+
     def __init__(
         self,
         in_dim: int,
@@ -63,6 +76,17 @@ class PatchGCN(MILModel):
         self.attention = GatedAttention(hidden, attn_dim, dropout=dropout)
         self.classifier = nn.Linear(hidden, n_outputs)
         self.k = k
+
+    def training_bag(self, bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
+        """A contiguous disc of ``max_instances`` patches around a random one (the whole bag if smaller)."""
+        if max_instances <= 0 or len(bag) <= max_instances:
+            return bag
+        if bag.coords is None:
+            raise MissingCoordsError("Patch-GCN needs patch coords (the features h5 'coords' dataset) to crop a bag")
+        xy = bag.coords.detach().cpu().numpy().astype(np.float64)
+        centre = int(torch.randint(0, len(bag), (1,), generator=generator))
+        _, idx = cKDTree(xy).query(xy[centre], k=max_instances)
+        return bag.rows(torch.as_tensor(np.sort(idx), dtype=torch.long, device=bag.features.device))
 
     def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
         if coords is None:

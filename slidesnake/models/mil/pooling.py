@@ -17,6 +17,8 @@ from slidesnake.models.registry import register
 class MeanPool(MILModel):
     """Mean of instance embeddings; the linear head makes per-instance logits average to the slide logit."""
 
+    map_shows = "instance logit of the predicted class (survival: the instance's own risk)"
+
     def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, dropout: float = 0.25) -> None:
         super().__init__(in_dim, n_outputs)
         self.embed = embed(in_dim, hidden, dropout)
@@ -24,13 +26,18 @@ class MeanPool(MILModel):
 
     def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
         h = self.embed(features)
-        instance_logits = self.classifier(h)
-        return MILOutput(logits=self.classifier(h.mean(dim=0)), attention=instance_logits[:, -1])
+        logits = self.classifier(h.mean(dim=0))
+        instance_logits = self.classifier(h)  # their mean is the slide logit: the head is linear
+        return MILOutput(
+            logits=logits, attention=instance_logits[:, int(logits.argmax())], instance_logits=instance_logits
+        )
 
 
 @register("maxpool")
 class MaxPool(MILModel):
     """Element-wise max of instance embeddings; an instance's score is how many dimensions it wins."""
+
+    map_shows = "share of embedding dimensions in which the instance is the bag maximum"
 
     def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, dropout: float = 0.25) -> None:
         super().__init__(in_dim, n_outputs)

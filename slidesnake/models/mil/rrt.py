@@ -3,7 +3,9 @@
 Tang et al., "Feature Re-Embedding: Towards Foundation Model-Level Performance in Computational
 Pathology", CVPR 2024. Instances are laid on a square grid and split into regions; R-MSA is
 self-attention inside each region, CR-MSA attends across one representative per region, and the
-re-embedded instances feed a standard attention-MIL head.
+re-embedded instances feed a standard attention-MIL head. A training bag larger than
+``max_instances`` is cropped to a region-aligned square window of the full bag's grid, so each kept
+instance shares its region with the same neighbours as at evaluation (a random subset would not).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput, attention_pool, embed
+from slidesnake.models.mil.base import Bag, GatedAttention, MILModel, MILOutput, attention_pool, embed, grid_window
 from slidesnake.models.registry import register
 
 
@@ -42,6 +44,18 @@ class RRTMIL(MILModel):
         self.classifier = nn.Linear(hidden, n_outputs)
         self.region_side = region_side
 
+    def grid_side(self, n: int) -> int:
+        """Side of the square instance grid of an ``n``-instance bag: a multiple of the region side."""
+        return math.ceil(math.sqrt(n) / self.region_side) * self.region_side
+
+    def training_bag(self, bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
+        """A region-aligned square window of the full bag's grid, at most ``max_instances`` instances."""
+        if max_instances <= 0 or len(bag) <= max_instances:
+            return bag
+        r = self.region_side
+        window = max(r, math.isqrt(max_instances) // r * r)
+        return bag.rows(grid_window(len(bag), self.grid_side(len(bag)), window, generator, align=r))
+
     def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
         h = self.embed(features)
         h = h + self._re_embed(h)
@@ -51,7 +65,7 @@ class RRTMIL(MILModel):
     def _re_embed(self, h: torch.Tensor) -> torch.Tensor:
         n, dim = h.shape
         r = self.region_side
-        side = math.ceil(math.sqrt(n) / r) * r  # grid side, a multiple of the region side
+        side = self.grid_side(n)
         grid = F.pad(h, (0, 0, 0, side * side - n)).view(side // r, r, side // r, r, dim)
         regions = grid.permute(0, 2, 1, 3, 4).reshape(-1, r * r, dim)  # (R, r*r, dim)
         valid = F.pad(torch.ones(n, dtype=torch.bool, device=h.device), (0, side * side - n))

@@ -3,6 +3,9 @@
 Shao et al., "TransMIL: Transformer based Correlated Multiple Instance Learning for Whole Slide Image
 Classification", NeurIPS 2021. Instances are squared into a grid, a class token is prepended, two
 Nystrom attention layers model correlations and PPEG (depth-wise convs 7/5/3) encodes position.
+The heatmap is the class token's attention row of the last layer (Nystrom-approximated, mean over
+heads). A training bag larger than ``max_instances`` is cropped to a square window of the full
+bag's token grid, so PPEG's convolutions see the same neighbours as at evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidesnake.models.mil.base import MILModel, MILOutput
+from slidesnake.models.mil.base import Bag, MILModel, MILOutput, grid_window
 from slidesnake.models.registry import register
 
 
@@ -30,7 +33,8 @@ class NystromAttention(nn.Module):
         self.out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
         self.residual_conv = nn.Conv2d(heads, heads, (33, 1), padding=(16, 0), groups=heads, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cls_row: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention output (n, dim) and, if ``cls_row``, token 0's attention over all n tokens (heads, n)."""
         n, dim = x.shape
         m = min(self.landmarks, n)
         pad = (m - n % m) % m
@@ -43,10 +47,12 @@ class NystromAttention(nn.Module):
         kernel1 = torch.softmax(q @ k_l.transpose(-1, -2), dim=-1)
         kernel2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)
         kernel3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)
-        out = kernel1 @ (_pinv(kernel2, self.pinv_iterations) @ (kernel3 @ v))
+        inv = _pinv(kernel2, self.pinv_iterations)
+        out = kernel1 @ (inv @ (kernel3 @ v))
         out = out + self.residual_conv(v.unsqueeze(0)).squeeze(0)
         out = out.permute(1, 0, 2).reshape(n + pad, dim)[pad:]
-        return self.out(out)
+        row = (kernel1[:, pad : pad + 1] @ inv @ kernel3)[:, 0, pad:] if cls_row else None
+        return self.out(out), row
 
 
 def _pinv(x: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -78,6 +84,8 @@ class PPEG(nn.Module):
 class TransMIL(MILModel):
     """Class token + 2 Nystrom transformer layers with PPEG between them."""
 
+    map_shows = "class-token attention row of the last Nystrom layer (mean over heads)"
+
     def __init__(self, in_dim: int, n_outputs: int, hidden: int = 512, heads: int = 8, dropout: float = 0.25) -> None:
         super().__init__(in_dim, n_outputs)
         self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
@@ -88,16 +96,27 @@ class TransMIL(MILModel):
         self.ppeg = PPEG(hidden)
         self.classifier = nn.Linear(hidden, n_outputs)
 
+    def training_bag(self, bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
+        """A square window of the full bag's token grid with at most ``max_instances`` instances."""
+        if max_instances <= 0 or len(bag) <= max_instances:
+            return bag
+        side = math.ceil(math.sqrt(len(bag)))
+        return bag.rows(grid_window(len(bag), side, math.isqrt(max_instances), generator))
+
     def forward(self, features: torch.Tensor, coords=None, mask=None, label=None) -> MILOutput:
         h = self.fc(features)
         n = h.shape[0]
         side = math.ceil(math.sqrt(n))
         h = torch.cat([h, h[: side * side - n]]) if side * side > n else h  # wrap-pad to a square, as in the paper
         tokens = torch.cat([self.cls_token, h])
-        tokens = tokens + self.layer1(self.norm1(tokens))
+        tokens = tokens + self.layer1(self.norm1(tokens))[0]
         tokens = self.ppeg(tokens, side)
-        tokens = tokens + self.layer2(self.norm2(tokens))
+        out, row = self.layer2(self.norm2(tokens), cls_row=not self.training)
+        tokens = tokens + out
         cls = self.norm(tokens[0])
-        # instance score: similarity of each (first n) token to the class token, softmaxed
-        attention = torch.softmax(tokens[1 : n + 1] @ cls / cls.shape[0] ** 0.5, dim=0)
+        attention = None
+        if row is not None:  # class-token attention over instance tokens; wrap-padded copies add to their source
+            a = row.mean(dim=0)[1:]
+            attention = a[:n].clone()
+            attention[: a.shape[0] - n] += a[n:]
         return MILOutput(logits=self.classifier(cls), attention=attention)
