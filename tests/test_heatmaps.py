@@ -25,6 +25,7 @@ from slidesnake.evaluate.heatmaps import (
 )
 from slidesnake.hierarchy import link_files
 from slidesnake.io.atomic import write_h5
+from slidesnake.io.checkpoint import save_checkpoint
 from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info
 from slidesnake.io.svs import write_svs
 from slidesnake.models.mil import build_model
@@ -279,8 +280,8 @@ def _checkpoint(tmp_path, name: str, kind: str, n_outputs: int, **kwargs) -> tup
     torch.manual_seed(0)
     model = build_model(name, 16, n_outputs, **kwargs)
     path = tmp_path / f"{name}.pt"
-    torch.save({"state_dict": model.state_dict(), "model": name, "in_dim": 16, "n_outputs": n_outputs,
-                "model_kwargs": kwargs, "task": {"kind": kind}}, path)  # fmt: skip
+    save_checkpoint(path, {"state_dict": model.state_dict(), "model": name, "in_dim": 16, "n_outputs": n_outputs,
+                           "model_kwargs": kwargs, "task": {"kind": kind}, "classes": [], "params": {}})  # fmt: skip
     return path, model.eval()
 
 

@@ -86,7 +86,16 @@ def test_multilabel_and_survival_tasks_train_and_predict(cohort):
     assert {"prob_TP53", "prob_EGFR", "target_TP53"} <= set(pred.columns)
     assert test.loc[test["target_TP53"] == 1, "prob_TP53"].min() > test.loc[test["target_TP53"] == 0, "prob_TP53"].max()
     survival = Task(name="os", kind="survival", source="clinical")
-    train_fold(survival, "abmil", feats, extra, folds, 0, TrainParams(**FAST), str(root / "os"))
+    train_fold(
+        survival,
+        "abmil",
+        feats,
+        extra,
+        folds,
+        0,
+        TrainParams(**{**FAST, "epochs": 30, "patience": 10}),
+        str(root / "os"),
+    )
     table = evaluate_predictions(survival, [str(root / "os/predictions.parquet")], n_bootstrap=20)
     pred = pd.read_parquet(root / "os/predictions.parquet")
     test = pred[pred["split"] == "test"]
@@ -153,10 +162,13 @@ def test_two_stage_model_starts_from_the_same_folds_first_stage(cohort, monkeypa
     train_fold(task, "abmil", feats, labels, folds, 0, TrainParams(**{**FAST, "epochs": 2}), str(first.parent))
     calls = []
 
+    cls = registry.get("mhim").cls
+    original = cls.init_from_first_stage
+
     def init(self, first_stage, train_bags):
         calls.append((first_stage, train_bags))
+        original(self, first_stage, train_bags)
 
-    cls = registry.get("mhim").cls
     monkeypatch.setattr(cls, "init_from_first_stage", init)
     params = TrainParams(**{**FAST, "epochs": 1, "max_instances": 16})
     train_fold(task, "mhim", feats, labels, folds, 0, params, str(root / "mhim"), first_stage=str(first))
