@@ -23,7 +23,19 @@ def encoder_slug(name: str) -> str:
 # tests/test_validation.py keeps them equal to the encoder registry and the MIL model registry.
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
-ENCODER_NAMES = ("quiltnet-b-32", "quiltnet-b-16", "plip", "conch", "tiny-clip")
+ENCODER_NAMES = (
+    "quiltnet-b-32",
+    "quiltnet-b-16",
+    "plip",
+    "conch",
+    "tiny-clip",
+    "uni",
+    "uni2-h",
+    "virchow2",
+    "h-optimus-0",
+    "prov-gigapath",
+    "phikon-v2",
+)
 MODEL_NAMES = (
     "abmil",
     "transmil",

@@ -47,9 +47,9 @@ def test_version(capsys) -> None:
 
 
 def test_heatmaps_command_one_slide(tmp_path, capsys) -> None:
+    from slidesnake.tasks import task_from_config, task_labels
     from slidesnake.train.loop import TrainParams, train_fold
     from slidesnake.train.splits import make_splits
-    from slidesnake.train.tasks import task_from_config, task_labels
 
     torch.manual_seed(0)
     sheet, feats, _ = write_cohort(tmp_path / "cohort", n_patients=6, n_instances=16, dim=16)
@@ -60,7 +60,7 @@ def test_heatmaps_command_one_slide(tmp_path, capsys) -> None:
     image = np.full((1536, 2048, 3), 200, np.uint8)
     slide = write_svs(tmp_path / "S1.svs", image, mpp=0.25, app_mag=40.0, downsamples=(1, 4))
     coords = np.array([(x, y) for y in range(0, 1536, 512) for x in range(0, 2048, 512)], np.int64)
-    attrs = {"encoder": "toy", "magnification": 20.0, "patch_size": 256, "patch_size_level0": 512}
+    attrs = {"encoder": "synthetic", "magnification": 20.0, "patch_size": 256, "patch_size_level0": 512}
     features = np.random.default_rng(0).normal(size=(len(coords), 16)).astype(np.float32)
     write_h5(tmp_path / "S1.h5", {"features": features, "coords": coords}, attrs)
     out = tmp_path / "maps"

@@ -76,8 +76,8 @@ def test_task_columns_checked_against_known_tables() -> None:
     [
         ("featurs={encoders: [tiny-clip]}", "unknown config key 'featurs'", "allowed keys at the top level: cohort"),
         ("features={encoder: [tiny-clip]}", "unknown config key 'features.encoder'", "allowed keys under 'features'"),
-        ("training={models: [abmill]}", "config key 'training.models': model 'abmill'", "allowed values: abmil"),
-        ("features={encoders: [uni]}", "config key 'features.encoders': encoder 'uni'", "registry names: "),
+        ("training={models: [abmill]}", "config key 'training.models.0' is 'abmill'", "allowed values: abmil"),
+        ("features={encoders: [unii]}", "config key 'features.encoders': encoder 'unii'", "registry names: "),
         ("tasks={subtype: {kind: classification, column: labell}}", "'tasks.subtype.column'", "its columns: label"),
     ],
 )

@@ -59,7 +59,7 @@ class IBMIL(MILModel):
         if len(train_bags) < k:
             raise FirstStageError(
                 f"IBMIL needs at least n_confounders={k} training bags for its k-means dictionary, got"
-                f" {len(train_bags)}; lower train.model_kwargs n_confounders"
+                f" {len(train_bags)}; lower the model argument n_confounders (TrainParams.model_kwargs)"
             )
         was_training = first_stage.training
         first_stage.eval()
@@ -68,7 +68,7 @@ class IBMIL(MILModel):
         if z.shape[1] != hidden:
             raise FirstStageError(
                 f"first-stage ABMIL embeds into {z.shape[1]} dims but IBMIL's hidden is {hidden}; use the same"
-                " train.model_kwargs hidden for both"
+                " model argument hidden (TrainParams.model_kwargs) for both"
             )
         kmeans = KMeans(n_clusters=k, n_init=10, random_state=self.seed).fit(z.astype(np.float64))
         self.confounders.copy_(torch.as_tensor(kmeans.cluster_centers_, dtype=self.confounders.dtype))
