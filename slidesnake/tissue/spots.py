@@ -54,39 +54,42 @@ def library(adata: ad.AnnData) -> tuple[str, dict]:
     return next(iter(spatial.items()))
 
 
-def readable_image(path: str | os.PathLike, workdir: str | os.PathLike, mpp: float) -> Path:
-    """A path OpenSlide reads: the image itself, or a pyramidal TIFF made once from a gzipped or
+def readable_image(path: str | os.PathLike, out: str | os.PathLike, mpp: float) -> Path:
+    """``out``: a link to the image when OpenSlide reads it, else a pyramidal TIFF made from a gzipped or
     untiled TIFF (GEO ships ``*.tif.gz``, often as one strip), tagged with the positions' ``mpp``."""
-    path = Path(path)
+    path, out = Path(path), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if not path.name.endswith(".gz"):
         try:
             open_slide(path).close()
-            return path
         except UnreadableSlideError:
             pass
-    out = Path(workdir) / (path.name.removesuffix(".gz").rsplit(".", 1)[0] + ".pyramid.tif")
-    if out.exists() and out.stat().st_mtime >= path.stat().st_mtime:
-        return out
+        else:
+            out.unlink(missing_ok=True)
+            out.symlink_to(path.resolve())
+            return out
     import tifffile
 
     source = path
     if path.name.endswith(".gz"):
-        source = out.with_suffix(".raw.tif")
+        source = out.with_name(out.name + ".raw.tif")
         with gzip.open(path, "rb") as src, atomic_path(source) as tmp, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 24)
     try:
         image = tifffile.imread(source)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user-facing problem
         raise SpotsError(f"{path}: not a readable TIFF ({exc})") from exc
+    finally:
+        if source != path:
+            source.unlink(missing_ok=True)
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
         image = np.moveaxis(image, 0, -1)
     if image.ndim != 3 or image.shape[-1] < 3:
         raise SpotsError(f"{path}: expected an RGB image, got shape {image.shape}")
     if image.dtype != np.uint8:
         image = (image / max(1, image.max()) * 255).astype(np.uint8)
+    out.unlink(missing_ok=True)
     write_tiff(out, np.ascontiguousarray(image[..., :3]), mpp=mpp, downsamples=(1, 4, 16, 64))
-    if source != path:
-        source.unlink(missing_ok=True)
     log.info("%s: converted to pyramidal %s (%.4g µm/px from the spot pitch)", path, out, mpp)
     return out
 

@@ -6,14 +6,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
-from slidesnake.io.atomic import atomic_path
-from slidesnake.models.expression.contrastive import ContrastiveConfig, TileFiles, predict, train_contrastive
+from slidesnake.io.atomic import atomic_path, write_csv
+from slidesnake.models.expression.contrastive import (
+    ContrastiveConfig,
+    ImageExpressionModel,
+    TileFiles,
+    embed,
+    train_contrastive,
+)
 from slidesnake.models.expression.data import (
     ExpressionDataError,
     expression_matrix,
@@ -21,6 +28,7 @@ from slidesnake.models.expression.data import (
     load_sections,
     select_genes,
 )
+from slidesnake.models.expression.retrieval import retrieve
 from slidesnake.models.expression.ridge import fit_predict
 from slidesnake.tissue.spots import barcodes_of_features, read_spot_coords
 
@@ -152,17 +160,20 @@ def load_fold(
 
 
 def fit_and_predict(model: str, data: FoldData, cfg: ContrastiveConfig, *, pca_dim: int = 256,
-                    encoder=None, device="cpu", model_out: str | os.PathLike | None = None) -> tuple[np.ndarray, list[dict]]:  # fmt: skip
-    """Predicted (held-out spots, genes) expression of one model; history of the contrastive training."""
+                    encoder=None, device="cpu") -> tuple[np.ndarray, list[dict], dict]:  # fmt: skip
+    """(predicted held-out expression, training history, bundle) of one model. The bundle holds what a
+    later ``predict`` on a new section needs: weights (or the fitted probe), genes, the reference spots'
+    retrieval keys and expression."""
     if len(data.train_y) < 2 or len(data.test_y) == 0:
         raise ExpressionDataError(
             f"fold {data.test_section}: {len(data.train_y)} training / {len(data.test_y)} test spots"
         )
     if model == "ridge":
         if data.train_x.shape[1] == 0:
-            raise ExpressionDataError("the ridge probe needs frozen spot features (expression.encoders)")
-        pred, _ = fit_predict(data.train_x, data.train_y, data.test_x, pca_dim=pca_dim, seed=cfg.seed)
-        return pred, []
+            raise ExpressionDataError("the ridge probe needs frozen spot features (features.encoders)")
+        pred, probe = fit_predict(data.train_x, data.train_y, data.test_x, pca_dim=pca_dim, seed=cfg.seed)
+        mean = data.train_y.mean(axis=0)
+        return pred, [], {"model": "ridge", "genes": data.genes, "probe": probe, "mean": mean}
     import torch
 
     if cfg.tune == "frozen":
@@ -175,14 +186,38 @@ def fit_and_predict(model: str, data: FoldData, cfg: ContrastiveConfig, *, pca_d
         test_in = TileFiles(data.tile_paths, data.test_tiles)
         dim, tower = encoder.spec.dim, encoder
     net, history = train_contrastive(model, train_in, data.train_y, cfg, image_dim=dim, tower=tower, device=device)
-    if model_out is not None:
-        with atomic_path(model_out) as tmp:
-            torch.save(
-                {"model": model, "state_dict": net.state_dict(), "config": cfg.__dict__, "genes": data.genes}, tmp
-            )
     if isinstance(train_in, TileFiles):
         train_in = TileFiles(data.tile_paths, data.train_tiles)  # no augmentation for the reference embeddings
-    return predict(net, train_in, data.train_y, test_in, device=device), history
+    ref_img, ref_spot = embed(net, train_in, data.train_y, device=device)
+    keys = ref_spot if model == "bleep" else ref_img
+    query, _ = embed(net, test_in, None, device=device)
+    pred = retrieve(query, keys, data.train_y, k=cfg.top_k, method=cfg.retrieval)
+    bundle = {"model": model, "genes": data.genes, "config": asdict(cfg), "image_dim": dim,
+              "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+              "keys": keys, "reference_expression": data.train_y}  # fmt: skip
+    return pred, history, bundle
+
+
+def predict_bundle(
+    bundle: dict, features: np.ndarray, *, k: int | None = None, method: str | None = None
+) -> np.ndarray:
+    """Expression of new spots from their frozen features with a saved fold bundle (ridge or a
+    frozen-feature BLEEP/HECLIP; tuned towers predict inside ``expression train``)."""
+    if bundle["model"] == "ridge":
+        return (bundle["probe"].predict(features) + bundle["mean"]).astype(np.float32)
+    import torch
+
+    cfg = ContrastiveConfig(**bundle["config"])
+    if cfg.tune != "frozen":
+        raise ExpressionDataError(
+            "this model tunes its image tower: predict new sections from tiles with `expression train`"
+        )
+    net = ImageExpressionModel(bundle["model"], bundle["image_dim"], len(bundle["genes"]), cfg)
+    net.load_state_dict(bundle["state_dict"])
+    query, _ = embed(net, torch.as_tensor(np.asarray(features, np.float32)), None)
+    return retrieve(
+        query, bundle["keys"], bundle["reference_expression"], k=k or cfg.top_k, method=method or cfg.retrieval
+    )
 
 
 def predictions_anndata(pred: np.ndarray, data: FoldData, model: str, encoder: str) -> ad.AnnData:
@@ -194,3 +229,45 @@ def predictions_anndata(pred: np.ndarray, data: FoldData, model: str, encoder: s
     out.uns["expression_target"] = data.recipe
     out.uns["model"] = {"model": model, "encoder": encoder, "held_out": data.test_section}
     return out
+
+
+def run_fold(
+    sections: Sequence[Section],
+    test: str,
+    genes_tsv: str | os.PathLike,
+    model: str,
+    encoder_name: str,
+    out_dir: str | os.PathLike,
+    cfg: ContrastiveConfig,
+    *,
+    target_sum: float | None = 1e4,
+    harmony: bool = False,
+    pca_dim: int = 256,
+    device: str = "cpu",
+) -> ad.AnnData:
+    """Train one model on all sections but ``test`` and write predictions.h5ad, measured.h5ad (the truth
+    in the same target space), model.pt (the bundle) and history.csv into ``out_dir``."""
+    import torch
+
+    from slidesnake.models.expression.data import read_gene_list
+
+    genes = read_gene_list(genes_tsv)
+    data = load_fold(sections, test, genes, target_sum=target_sum, harmony=harmony, seed=cfg.seed)
+    encoder = None
+    if model != "ridge" and cfg.tune != "frozen":
+        from slidesnake.features.encoders import load_encoder
+
+        encoder = load_encoder(encoder_name, device)
+    pred, history, bundle = fit_and_predict(model, data, cfg, pca_dim=pca_dim, encoder=encoder, device=device)
+    out = Path(out_dir)
+    predicted = predictions_anndata(pred, data, model, encoder_name)
+    for name, adata in (("predictions.h5ad", predicted), ("measured.h5ad", data.measured)):
+        with atomic_path(out / name) as tmp:
+            adata.write_h5ad(tmp)
+    bundle.update(encoder=encoder_name, held_out=test, expression_target=data.recipe)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(bundle, tmp)
+    write_csv(out / "history.csv", pd.DataFrame(history or [{"epoch": 0}]))
+    log.info("%s/%s fold %s: %d training spots, %d held-out spots x %d genes", model, encoder_name, test,
+             len(data.train_y), len(data.test_y), len(genes))  # fmt: skip
+    return predicted
