@@ -199,3 +199,11 @@ def spatial_figure(
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
+
+
+def plot_genes(measured: ad.AnnData, markers: Sequence[str], n: int) -> list[str]:
+    """Genes to draw: the markers that were measured, then the most variable measured genes, n in all."""
+    chosen = [m for m in markers if m in measured.var_names][:n]
+    variance = pd.Series(_dense(measured.X).var(axis=0), index=measured.var_names).sort_values(ascending=False)
+    chosen += [g for g in variance.index if g not in chosen][: max(0, n - len(chosen))]
+    return chosen
