@@ -58,7 +58,7 @@ class ContrastiveConfig:
     tune_blocks: int = 1
     top_k: int = 50
     retrieval: str = "average"
-    num_workers: int = 0
+    num_workers: int = 1  # tile readers (tuned towers only; features are in memory)
 
 
 class ProjectionHead(nn.Module):
@@ -131,31 +131,69 @@ class ImageExpressionModel(nn.Module):
 # ------------------------------------------------------------------------------------------- inputs
 
 
-class TileFiles(Dataset):
-    """Spot tiles from ``tiles/spots/{sample}.h5`` files, by (file, row); each worker opens its own handles."""
+class TileFiles:
+    """Spot tiles in ``tiles/spots/{sample}.h5`` files, addressed by (file, row).
 
-    def __init__(self, paths: Sequence[str], rows: Sequence[tuple[int, int]], augment: bool = False, seed: int = 0):
+    Batches are read whole in DataLoader workers (row by row: one h5 chunk per tile),
+    augmented there (flips and 90° rotations, training only; the references augment at inference
+    too) and resized to the tower's input size (``image_size``), so the training process only
+    normalises and runs the model, as the feature extractor does.
+    """
+
+    def __init__(self, paths: Sequence[str], rows: Sequence[tuple[int, int]], augment: bool = False, seed: int = 0,
+                 image_size: int | None = None):  # fmt: skip
         self.paths = list(paths)
         self.rows = list(rows)
         self.augment = augment
         self.seed = seed
-        self._files: dict[int, h5py.File] = {}
+        self.image_size = image_size
+        self._loaders: dict = {}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        f, row = self.rows[i]
-        if f not in self._files:
-            self._files[f] = h5py.File(self.paths[f], "r")
-        tile = self._files[f]["tiles"][row]
-        if self.augment:  # flips and 90° rotations, training only (the references also augment at inference)
-            rng = np.random.default_rng([self.seed, i, int(time.time_ns() % 1_000_003)])
-            tile = np.rot90(tile, int(rng.integers(4)))
-            if rng.random() < 0.5:
-                tile = tile[:, ::-1]
-            tile = np.ascontiguousarray(tile)
-        return torch.from_numpy(tile), i
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_loaders"] = {}
+        return state
+
+
+def _order(index: np.ndarray, shuffle: bool, seed: int) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    return index[torch.randperm(len(index), generator=gen).numpy()] if shuffle else index
+
+
+class _TileBatches(Dataset):
+    """Item (seed, b) = batch b of the epoch whose order ``seed`` fixes (computed in the worker, so one
+    persistent set of workers serves every epoch)."""
+
+    def __init__(self, source: TileFiles, index: np.ndarray, step: int, shuffle: bool):
+        self.source, self.index, self.step, self.shuffle = source, index, step, shuffle
+        self._files: dict[int, h5py.File] = {}
+
+    def __len__(self) -> int:
+        return -(-len(self.index) // self.step)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        seed, b = key
+        order = _order(self.index, self.shuffle, seed)[b * self.step : (b + 1) * self.step]
+        out = []
+        for i in order:  # one chunk per tile: row reads beat h5py's fancy indexing ~60x (measured)
+            f, row = self.source.rows[i]
+            if f not in self._files:
+                self._files[f] = h5py.File(self.source.paths[f], "r")
+            out.append(self._files[f]["tiles"][row])
+        tiles = np.stack(out)
+        if self.source.augment and self.shuffle:
+            rng = np.random.default_rng([self.source.seed, seed, b])
+            turns, flips = rng.integers(4, size=len(tiles)), rng.random(len(tiles)) < 0.5
+            tiles = np.stack([np.rot90(t[:, ::-1] if fl else t, k) for t, k, fl in zip(tiles, turns, flips)])
+        size = self.source.image_size
+        if size and tiles.shape[1] != size:
+            from slidesnake.features.encoders import resize_patches
+
+            tiles = resize_patches(np.ascontiguousarray(tiles), size)
+        return torch.from_numpy(np.ascontiguousarray(tiles)), torch.as_tensor(order)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -163,17 +201,40 @@ class TileFiles(Dataset):
         return state
 
 
+class _EpochKeys(torch.utils.data.Sampler):
+    def __init__(self, n_batches: int):
+        self.n_batches, self.seed = n_batches, 0
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        return iter([(self.seed, b) for b in range(self.n_batches)])
+
+
+def _tile_loader(inputs: TileFiles, index: np.ndarray, cfg: ContrastiveConfig, shuffle: bool):
+    """One DataLoader (persistent workers) per (index set, batch size, shuffle) of a TileFiles source."""
+    key = (hash(index.tobytes()), len(index), cfg.batch_size, shuffle)
+    if key not in inputs._loaders:
+        data = _TileBatches(inputs, index, cfg.batch_size, shuffle)
+        n = len(index) // cfg.batch_size if shuffle and len(index) > cfg.batch_size else len(data)
+        keys = _EpochKeys(n)
+        workers = cfg.num_workers
+        loader = DataLoader(data, batch_size=None, sampler=keys, num_workers=workers,
+                            persistent_workers=workers > 0, prefetch_factor=4 if workers else None)  # fmt: skip
+        inputs._loaders[key] = (loader, keys)
+    return inputs._loaders[key]
+
+
 def _batches(inputs, expression: torch.Tensor, index: np.ndarray, cfg: ContrastiveConfig, shuffle: bool, seed: int):
-    """(x, y) batches: in-memory features/tiles are sliced, tile files read through a DataLoader."""
-    gen = torch.Generator().manual_seed(seed)
-    order = index[torch.randperm(len(index), generator=gen).numpy()] if shuffle else index
+    """(x, y) batches: in-memory features/tiles are sliced, tile files read by DataLoader workers."""
     if isinstance(inputs, TileFiles):
-        view = TileFiles(inputs.paths, [inputs.rows[i] for i in order], augment=inputs.augment and shuffle, seed=seed)
-        loader = DataLoader(view, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                            persistent_workers=False, drop_last=shuffle and len(order) > cfg.batch_size)  # fmt: skip
-        for tiles, pos in loader:
-            yield tiles, expression[torch.as_tensor(order[pos.numpy()])]
+        loader, keys = _tile_loader(inputs, index, cfg, shuffle)
+        keys.seed = seed
+        for tiles, rows in loader:
+            yield tiles, expression[rows]
         return
+    order = _order(index, shuffle, seed)
     step = cfg.batch_size
     stop = len(order) - (len(order) % step if shuffle and len(order) > step else 0)
     for start in range(0, stop, step):

@@ -182,12 +182,15 @@ def fit_and_predict(model: str, data: FoldData, cfg: ContrastiveConfig, *, pca_d
     else:
         if encoder is None or not data.tile_paths:
             raise ExpressionDataError(f"expression.tune={cfg.tune!r} needs spot tiles and an image encoder")
-        train_in = TileFiles(data.tile_paths, data.train_tiles, augment=True, seed=cfg.seed)
-        test_in = TileFiles(data.tile_paths, data.test_tiles)
+        size = encoder.spec.image_size
+        train_in = TileFiles(data.tile_paths, data.train_tiles, augment=True, seed=cfg.seed, image_size=size)
+        test_in = TileFiles(data.tile_paths, data.test_tiles, image_size=size)
         dim, tower = encoder.spec.dim, encoder
     net, history = train_contrastive(model, train_in, data.train_y, cfg, image_dim=dim, tower=tower, device=device)
     if isinstance(train_in, TileFiles):
-        train_in = TileFiles(data.tile_paths, data.train_tiles)  # no augmentation for the reference embeddings
+        train_in = TileFiles(
+            data.tile_paths, data.train_tiles, image_size=size
+        )  # no augmentation for the reference embeddings
     ref_img, ref_spot = embed(net, train_in, data.train_y, device=device)
     keys = ref_spot if model == "bleep" else ref_img
     query, _ = embed(net, test_in, None, device=device)
