@@ -179,3 +179,44 @@ def test_fold_needs_two_sections_and_logs_zero_drops(sections, tmp_path, caplog)
     assert "zero.h5ad: dropped 1 all-zero spot(s)" in caplog.text
     assert "1 spot(s) with a tile have no expression" in caplog.text
     assert len(data.train_y) == adata.n_obs - 1
+
+
+def test_cli_chain_and_tuned_tower_from_tiles(sections, tmp_path):
+    """spots -> features -> genes -> train (frozen heads, ridge, and a tiny-clip tower tuned on tile
+    files) -> predict a section with model.pt -> metrics, all through the CLI."""
+    from slidesnake.cli import main
+    from slidesnake.features.extract import extract_features
+
+    specs = []
+    for name, (_folder, h5ad) in sections.items():
+        spots, tiles, feats = tmp_path / f"{name}_spots.h5", tmp_path / f"{name}_tiles.h5", tmp_path / f"{name}_f.h5"
+        assert main(["spots", str(h5ad), "--out", str(spots), "--tiles", str(tiles)]) == 0
+        extract_features(str(tmp_path / f"{name}_spots.image.tif"), spots, ["tiny-clip"], [feats], num_workers=0)
+        specs += ["--section", f"{name}={h5ad},{spots},{feats},{tiles}"]
+    test = list(sections)[1]
+    genes = tmp_path / "genes.tsv"
+    assert (
+        main(
+            ["expression", "genes", *specs, "--held-out", test, "--genes", "hvg", "--n-hvg", "10", "--out", str(genes)]
+        )
+        == 0
+    )
+    for model, extra in (("ridge", []), ("heclip", []), ("heclip", ["--tune", "last_blocks"])):
+        out = tmp_path / f"{model}{'_'.join(extra)}"
+        args = ["expression", "train", *specs, "--held-out", test, "--model", model, "--genes", str(genes),
+                "--out", str(out), "--epochs", "2", "--batch-size", "16", "--top-k", "5", *extra]  # fmt: skip
+        assert main(args) == 0
+        pred = ad.read_h5ad(out / "predictions.h5ad")
+        measured = ad.read_h5ad(out / "measured.h5ad")
+        assert pred.obs_names.tolist() == measured.obs_names.tolist() and pred.n_vars == measured.n_vars > 0
+        assert main(["expression", "metrics", "--predicted", str(out / "predictions.h5ad"), "--measured",
+                     str(out / "measured.h5ad"), "--out", str(out / "m.csv")]) == 0  # fmt: skip
+        assert "HVG-10" in set(pd.read_csv(out / "m.csv")["metric"])
+    # a saved frozen-feature model predicts a section by its features; the same spots give the same answer
+    name = test
+    again = tmp_path / "again.h5ad"
+    assert main(["expression", "predict", "--model", str(tmp_path / "heclip" / "model.pt"), "--features",
+                 str(tmp_path / f"{name}_f.h5"), "--spots", str(tmp_path / f"{name}_spots.h5"), "--out", str(again)]) == 0  # fmt: skip
+    first = ad.read_h5ad(tmp_path / "heclip" / "predictions.h5ad")
+    second = ad.read_h5ad(again)[first.obs_names]
+    np.testing.assert_allclose(second.X, first.X, rtol=1e-4, atol=1e-5)

@@ -138,3 +138,16 @@ def test_last_blocks_tuning_freezes_earlier_blocks():
     _set_trainable(model, model.cfg)
     trainable = {n for n, p in tower.named_parameters() if p.requires_grad}
     assert trainable == {"blocks.2.weight", "blocks.2.bias", "head.weight", "head.bias"}
+
+
+def test_last_blocks_of_an_open_clip_image_tower():
+    from slidesnake.features.encoders import load_encoder
+
+    encoder = load_encoder("tiny-clip")
+    model = ImageExpressionModel("heclip", encoder.spec.dim, 5, ContrastiveConfig(tune="last_blocks"), encoder)
+    _set_trainable(model, model.cfg)
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert {"model.visual.proj", "model.visual.ln_post.weight"} <= trainable
+    assert any(".visual.transformer.resblocks.1." in n for n in trainable)
+    assert not any(".resblocks.0." in n or "conv1" in n or "positional" in n for n in trainable)
+    assert all(n.startswith("model.visual.") for n in trainable)  # the text tower stays frozen

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("bleep", "heclip")
 TUNE = ("frozen", "last_blocks", "full")
+_STEM = ("embed", "conv1", "ln_pre", "patch", "stem", "cls_token", "class_embedding", "pos_")
 
 
 @dataclass(frozen=True)
@@ -244,13 +245,18 @@ def _batches(inputs, expression: torch.Tensor, index: np.ndarray, cfg: Contrasti
 
 def _set_trainable(model: ImageExpressionModel, cfg: ContrastiveConfig) -> None:
     """Heads always train; the tower is frozen, fully tuned, or tuned in its last ``tune_blocks`` blocks
-    (parameters named ``…blocks.N.…``/``resblocks.N``/``layers.N``/``layerN``, plus everything after the
-    last block: final norm, pooling and projection)."""
+    of the image tower (parameters named ``…blocks.N.…``/``resblocks.N``/``layers.N``/``layerN``) plus
+    every parameter outside the blocks but the input stem (patch/positional embeddings, first conv):
+    final norm, pooling and projection. A text tower never trains here."""
     if model.tower is None:
         return
     if cfg.tune not in TUNE:
         raise ValueError(f"config key 'expression.tune' is {cfg.tune!r}; use one of {TUNE}")
-    params = list(model.tower.named_parameters())
+    for p in model.tower.parameters():  # the text tower (if any) never trains here
+        p.requires_grad_(False)
+    inner = getattr(model.tower, "model", model.tower)
+    image_tower = getattr(inner, "visual", None) or getattr(inner, "vision_model", None) or model.tower
+    params = list(image_tower.named_parameters())
     if cfg.tune == "full":
         for _, p in params:
             p.requires_grad_(True)
@@ -258,11 +264,10 @@ def _set_trainable(model: ImageExpressionModel, cfg: ContrastiveConfig) -> None:
     pattern = re.compile(r"(?:resblocks|blocks|layers?|stages?)\.?(\d+)")
     blocks = [int(m.group(1)) if (m := pattern.search(name)) else None for name, _ in params]
     numbered = [b for b in blocks if b is not None]
-    last_block_at = max(i for i, b in enumerate(blocks) if b is not None) if numbered else -1
     cut = (max(numbered) - cfg.tune_blocks + 1) if numbered else 0
-    for i, ((_, p), b) in enumerate(zip(params, blocks)):
-        tuned = cfg.tune == "last_blocks" and ((b is not None and b >= cut) or (b is None and i > last_block_at))
-        p.requires_grad_(tuned)
+    for (name, p), b in zip(params, blocks):
+        stem = any(part in name for part in _STEM)
+        p.requires_grad_((b is not None and b >= cut) or (b is None and not stem))
 
 
 def train_contrastive(
