@@ -220,3 +220,26 @@ def test_cli_chain_and_tuned_tower_from_tiles(sections, tmp_path):
     first = ad.read_h5ad(tmp_path / "heclip" / "predictions.h5ad")
     second = ad.read_h5ad(again)[first.obs_names]
     np.testing.assert_allclose(second.X, first.X, rtol=1e-4, atol=1e-5)
+
+
+def test_gzipped_strip_tiff_as_geo_ships_it_becomes_a_pyramid(tmp_path):
+    """GSE240429 publishes full-resolution images as ``*.tiff.gz`` (one strip, no pyramid): converted once,
+    tagged with the positions' µm/px, and read like any slide."""
+    import gzip
+
+    import tifffile
+
+    from slidesnake.io.slide import slide_info
+    from slidesnake.tissue.spots import readable_image
+
+    image = np.random.default_rng(0).integers(0, 255, (700, 900, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "GSM1_GEX_C73_A1_Merged.tiff", image)  # untiled, no resolution
+    (tmp_path / "GSM1_GEX_C73_A1_Merged.tiff.gz").write_bytes(
+        gzip.compress((tmp_path / "GSM1_GEX_C73_A1_Merged.tiff").read_bytes())
+    )
+    out = readable_image(tmp_path / "GSM1_GEX_C73_A1_Merged.tiff.gz", tmp_path / "img" / "GSM1.tif", mpp=0.304)
+    info = slide_info(out)
+    assert (info.width, info.height) == (900, 700) and info.mpp == pytest.approx(0.304, rel=1e-3)
+    # a slide OpenSlide already reads is linked, not copied
+    linked = readable_image(out, tmp_path / "img" / "again.tif", mpp=0.304)
+    assert linked.is_symlink()
