@@ -54,6 +54,7 @@ include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/expression.smk"
 
 
 rule all:

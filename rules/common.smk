@@ -216,8 +216,8 @@ def heatmap_inputs(wildcards):
 
 
 def all_targets(wildcards):
-    if SOURCE == "visium":  # expression cohorts: AnnData per sample (image-expression models come later)
-        return expand("results/{cohort}/visium/{sample}.h5ad", cohort=COHORT, sample=config["geo"]["samples"])
+    if SOURCE in ("visium", "demo_visium"):  # expression cohorts: spots -> BLEEP/HECLIP/ridge -> metrics
+        return expression_targets()
     targets = [f"results/{COHORT}/qc.parquet", f"results/{COHORT}/eval/summary.csv"]
     targets += slide_files("results/{cohort}/qc/{slide_id}.png")
     targets += [bag_index(encoder) for encoder in ENCODERS]
@@ -267,7 +267,7 @@ def report_table_inputs(wildcards):
 
 def report_targets(wildcards):
     """What the report shows beyond the pipeline's own outputs: HTML tables, QC and heatmap JPEGs."""
-    if SOURCE == "visium":
+    if SOURCE in ("visium", "demo_visium"):
         return []
     targets = [f"results/{COHORT}/report/summary.html", f"results/{COHORT}/report/qc"]
     if config["evaluation"]["heatmaps"] and config["report"]["heatmaps"] != "none":
@@ -278,4 +278,90 @@ def report_targets(wildcards):
             model=TRAIN["models"],
             encoder=TRAIN_ENCODER,
         )
+    return targets
+
+
+# ---- spatial expression (rules/expression.smk) -----------------------------------------------------
+
+EXPRESSION = config.get("expression", {})
+
+
+def visium_samples():
+    """Section names: the synthetic sections (demo_visium) or the cohort's GEO / spatialLIBD samples."""
+    if SOURCE == "demo_visium":
+        from slidesnake.data.demo_visium import DemoVisiumConfig, section_ids
+
+        return section_ids(DemoVisiumConfig(**config.get("demo_visium", {})))
+    return list(config.get("geo", {}).get("samples", []))
+
+
+VISIUM_SAMPLES = visium_samples() if SOURCE in ("visium", "demo_visium") else []
+
+
+def visium_source(wildcards):
+    """The folder a section's files (and its full-resolution image) come from."""
+    if SOURCE == "demo_visium":
+        return f"resources/visium/{COHORT}/{wildcards.sample}"
+    return f"resources/geo/{config['geo']['series']}"
+
+
+def expression_tuned():
+    return EXPRESSION.get("tune", "frozen") != "frozen"
+
+
+def expression_fold_inputs(wildcards):
+    """Every section's AnnData and spots; features of the fold's encoder (and tiles when tuning)."""
+    files = {
+        "h5ad": expand("results/{cohort}/visium/{sample}.h5ad", cohort=COHORT, sample=VISIUM_SAMPLES),
+        "spots": expand("results/{cohort}/patches/spots/{sample}.h5", cohort=COHORT, sample=VISIUM_SAMPLES),
+        "features": expand(
+            "results/{cohort}/features/{encoder}/spots/{sample}.h5",
+            cohort=COHORT,
+            encoder=wildcards.encoder,
+            sample=VISIUM_SAMPLES,
+        ),
+        "genes": f"results/{COHORT}/expression/genes/fold{wildcards.fold}.tsv",
+    }
+    if expression_tuned() and wildcards.model != "ridge":
+        files["tiles"] = expand("results/{cohort}/tiles/spots/{sample}.h5", cohort=COHORT, sample=VISIUM_SAMPLES)
+    return files
+
+
+def expression_metric_files(wildcards=None):
+    return expand(
+        "results/{cohort}/eval/expression/{model}/{encoder}/fold{fold}/metrics.csv",
+        cohort=COHORT,
+        model=EXPRESSION.get("models", []),
+        encoder=list(ENCODERS),
+        fold=range(len(VISIUM_SAMPLES)),
+    )
+
+
+def expression_fold_predictions(wildcards):
+    return {
+        "measured": expand(
+            "results/{cohort}/expression/{model}/{encoder}/fold{fold}/measured.h5ad",
+            cohort=COHORT,
+            model=EXPRESSION["models"][0],
+            encoder=wildcards.encoder,
+            fold=wildcards.fold,
+        ),
+        "predictions": expand(
+            "results/{cohort}/expression/{model}/{encoder}/fold{fold}/predictions.h5ad",
+            cohort=COHORT,
+            model=EXPRESSION["models"],
+            encoder=wildcards.encoder,
+            fold=wildcards.fold,
+        ),
+    }
+
+
+def expression_targets():
+    targets = [f"results/{COHORT}/eval/expression/summary.csv"]
+    targets += expand(
+        "results/{cohort}/eval/expression/spatial/{encoder}/fold{fold}.png",
+        cohort=COHORT,
+        encoder=list(ENCODERS),
+        fold=range(len(VISIUM_SAMPLES)),
+    )
     return targets

@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     from slidesnake.data.cli import add_commands
 
     add_commands(sub)
+    from slidesnake.expression_cli import add_commands as add_expression_commands
+
+    add_expression_commands(sub)
     return parser
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
+import cv2
 import h5py
 import numpy as np
 import pandas as pd
@@ -26,6 +28,8 @@ from slidesnake.io.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 POSITION_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
+SCALEFACTOR_KEYS = ("spot_diameter_fullres", "tissue_hires_scalef", "tissue_lowres_scalef")
+SPOT_PITCH_UM = 100.0
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".tif.gz", ".tiff.gz", ".svs", ".btf")
 
 
@@ -44,6 +48,8 @@ class VisiumFiles:
     barcodes: Path | None = None
     features: Path | None = None
     image: Path | None = None
+    hires: Path | None = None
+    lowres: Path | None = None
 
 
 def _base(path: Path) -> str:
@@ -65,7 +71,9 @@ def find_visium_files(folder: str | Path, sample: str = "") -> VisiumFiles:
     positions = pick("tissue_positions_list.csv", "tissue_positions.csv", "tissue_positions_list.txt")
     if positions is None:
         raise VisiumError(f"{root}: no tissue_positions(_list).csv for sample {sample!r}")
-    image = next((p for p in files if p.name.lower().endswith(_IMAGE_SUFFIXES)), None)
+    image = next(
+        (p for p in files if p.name.lower().endswith(_IMAGE_SUFFIXES) and "aligned" not in p.name.lower()), None
+    )
     return VisiumFiles(
         positions=positions,
         scalefactors=pick("scalefactors_json.json"),
@@ -74,6 +82,8 @@ def find_visium_files(folder: str | Path, sample: str = "") -> VisiumFiles:
         barcodes=pick("barcodes.tsv"),
         features=pick("features.tsv", "genes.tsv"),
         image=image,
+        hires=pick("tissue_hires_image.png"),
+        lowres=pick("tissue_lowres_image.png"),
     )
 
 
@@ -144,20 +154,72 @@ def read_visium(files: VisiumFiles, sample: str = "sample") -> ad.AnnData:
     missing = [b for b in barcodes if b not in positions.index]
     if missing:
         raise VisiumError(f"{files.positions}: {len(missing)} matrix barcode(s) have no position, e.g. {missing[0]}")
+    if len(set(barcodes)) != len(barcodes):
+        raise VisiumError(
+            f"{files.matrix_h5 or files.barcodes}: {len(barcodes) - len(set(barcodes))} duplicate barcode(s)"
+        )
+    # every table is joined by barcode, never by row order
     obs = positions.loc[barcodes, ["in_tissue", "array_row", "array_col"]].copy()
     # symbols repeat (e.g. two Ensembl ids for one gene): suffix -1, -2 as scanpy does
     var = pd.DataFrame({"gene_ids": ids}, index=ad.utils.make_index_unique(pd.Index(names)))
     adata = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=var)
     adata.obsm["spatial"] = positions.loc[barcodes, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy()
-    scalefactors = json.loads(files.scalefactors.read_text()) if files.scalefactors else {}
+    if files.scalefactors is None:
+        raise VisiumError(
+            f"sample {sample!r}: no scalefactors_json.json beside {files.positions}; Space Ranger writes it in "
+            "outs/spatial/ — download it with the sample (spot size and image scales come from it)"
+        )
+    scalefactors = json.loads(files.scalefactors.read_text())
+    missing_keys = [k for k in SCALEFACTOR_KEYS if k not in scalefactors]
+    if missing_keys:
+        raise VisiumError(f"{files.scalefactors}: missing scale factor(s) {missing_keys}")
+    images = {}
+    for key, path in (("hires", files.hires), ("lowres", files.lowres)):
+        if path is not None and f"tissue_{key}_scalef" in scalefactors:
+            images[key] = read_png(path)
+    if not images:
+        log.warning("%s: no tissue_hires/lowres_image.png; spatial plots draw spots without the image", sample)
     adata.uns["spatial"] = {
         sample: {
+            "images": images,
             "scalefactors": scalefactors,
-            "metadata": {"source_image_path": str(files.image) if files.image else ""},
+            "metadata": {
+                "source_image_path": str(files.image) if files.image else "",
+                "software_version": "",
+                "chemistry_description": "",
+            },
         }
     }
-    log.info("%s: %d spots x %d genes", sample, adata.n_obs, adata.n_vars)
+    mpp = pitch_mpp(positions)
+    if mpp is None:
+        log.warning("%s: no two spots of %s are array neighbours; pixel size not derived", sample, files.positions)
+    else:
+        adata.uns["spatial"][sample]["pitch_mpp"] = mpp
+    log.info("%s: %d spots x %d genes, %s µm/px from the spot pitch", sample, adata.n_obs, adata.n_vars, mpp)
     return adata
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """An RGB uint8 image (scanpy's reader stores float 0-1; imshow renders either)."""
+    bgr = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise VisiumError(f"{path}: not a readable PNG image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def pitch_mpp(positions: pd.DataFrame) -> float | None:
+    """µm per full-resolution pixel from the 100 µm centre-to-centre distance of neighbouring spots
+    (all capture spots of the positions file), or None when no two spots are array neighbours.
+
+    Neighbours are found by array coordinates (same array_row, array_col + 2), not by pixel
+    distance, so missing spots do not bias it; the median over pairs is robust to outliers.
+    """
+    rows = positions["array_row"].to_numpy()
+    cols = positions["array_col"].to_numpy()
+    xy = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    key = {(int(r), int(c)): i for i, (r, c) in enumerate(zip(rows, cols))}
+    dists = [np.hypot(*(xy[key[(r, c + 2)]] - xy[i])) for (r, c), i in key.items() if (r, c + 2) in key]
+    return float(SPOT_PITCH_UM / np.median(dists)) if dists else None
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
