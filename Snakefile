@@ -38,6 +38,7 @@ include: "rules/tissue.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/vl.smk"
 include: "rules/report.smk"
 
 
@@ -45,3 +46,4 @@ rule all:
     default_target: True
     input:
         all_targets,
+        vl_targets(),

@@ -247,7 +247,7 @@ def _load(name: str) -> Encoder:
     path_text = name[len(LOCAL_DIR_PREFIX) :] if name.startswith(LOCAL_DIR_PREFIX) else name
     path = Path(path_text).expanduser()
     if path.is_dir():
-        return _load_folder(name, path)
+        return _named_by_training(_load_folder(name, path), path)
     if path.is_file():
         return _load_checkpoint_file(name, path)
     arch, sep, pretrained = name.partition(":")
@@ -261,6 +261,20 @@ def _load(name: str) -> Encoder:
         f"encoder '{name}' is not a registry name ({', '.join(REGISTRY)}), an 'hf-hub:org/repo' id, an open_clip "
         "'MODEL:PRETRAINED' pair, or an existing local path; run `slidesnake encoders` to list the registry"
     )
+
+
+def _named_by_training(encoder: Encoder, folder: Path) -> Encoder:
+    """A pipeline-trained encoder folder (``training.json`` beside the weights) keeps the name it was
+    trained under (e.g. ``demo-clip``) as its provenance, not the folder path."""
+    record = folder / "training.json"
+    if record.is_file():
+        try:
+            trained_name = json.loads(record.read_text()).get("name")
+        except (OSError, ValueError) as exc:
+            raise EncoderFormatError(f"encoder '{encoder.spec.name}': {record} is not valid JSON ({exc})") from exc
+        if trained_name:
+            encoder.spec = replace(encoder.spec, name=str(trained_name), source=str(folder))
+    return encoder
 
 
 def _load_registered(spec: EncoderSpec) -> Encoder:
