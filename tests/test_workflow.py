@@ -22,7 +22,7 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def test_demo_reaches_auc_0_9(demo_dir: Path) -> None:
-    metrics = pd.read_csv(demo_dir / "results/demo/eval/subtype/abmil/tiny-clip/metrics.csv")
+    metrics = pd.read_csv(demo_dir / "results/demo/eval/subtype/abmil/demo-clip/metrics.csv")
     mean = metrics.set_index("fold").loc["mean"]
     assert float(mean["auc"]) >= 0.9, metrics.to_string()
     assert {"accuracy", "balanced_accuracy", "macro_f1", "auc"} <= set(metrics.columns)

@@ -126,11 +126,16 @@ def fit_contrastive(
             scaler.update()
             scheduler.step()
             losses.append(float(loss.detach()))
-        row = {"epoch": epoch, "train_loss": float(sum(losses) / max(1, len(losses))), "seconds": time.monotonic() - start}
+        row = {
+            "epoch": epoch,
+            "train_loss": float(sum(losses) / max(1, len(losses))),
+            "seconds": time.monotonic() - start,
+        }
         if val_loss is not None:
             model.eval()
-            with torch.no_grad(), torch.autocast(
-                device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            with (
+                torch.no_grad(),
+                torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
             ):
                 row["val_loss"] = float(val_loss())
         history.append(row)
