@@ -29,7 +29,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
-CONCH_PACKAGE_HINT = "pip install git+https://github.com/Mahmoodlab/CONCH.git"
+CONCH_PACKAGE_HINT = "pip install conch-fork==0.1.0  (CONCH's code on PyPI)"
 
 # Weight file names tried in order inside an open_clip folder / Hugging Face CLIP folder.
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -78,6 +78,7 @@ class EncoderSpec:
     std: tuple[float, float, float]
     dim: int
     normalized: bool
+    projected: bool = True  # image features are the joint image-text space embedding (what zero-shot needs)
 
 
 # Image embeddings of QuiltNet/PLIP are the raw projections (as in the HiVE-MIL/ViLa-MIL extractors);
@@ -192,8 +193,23 @@ class _ConchEncoder(Encoder):
         return self.model.encode_image(images, proj_contrast=True, normalize=self.spec.normalized)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        tokens = self._tokenize(texts=list(texts), tokenizer=self.tokenizer).to(self.device)
+        tokens = conch_tokens(self.tokenizer, list(texts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens), dim=-1)
+
+
+def conch_tokens(tokenizer: Any, texts: list[str]) -> torch.Tensor:
+    """CONCH's ``tokenize`` (conch.open_clip_custom.custom_tokenizer) without ``batch_encode_plus``, which
+    transformers 5 removed: 127 tokens padded to max length, then one <pad> slot that CoCa fills with <cls>."""
+    tokens = tokenizer(
+        texts,
+        max_length=127,
+        add_special_tokens=True,
+        return_token_type_ids=False,
+        truncation=True,
+        padding="max_length",
+        return_tensors="pt",
+    )["input_ids"]
+    return F.pad(tokens, (0, 1), value=tokenizer.pad_token_id)
 
 
 def resize_patch(patch: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
