@@ -321,11 +321,13 @@ def zeroshot_tile_inputs(wildcards):
 
 
 def cplip_inputs(wildcards):
-    base = encoder_slug(CPLIP["base"])
     return {
         "dictionary": os.path.join(workflow.basedir, "config", "prompts", f"{CPLIP['dictionary']}.json"),
         "folds": f"results/{COHORT}/splits/{CPLIP_TASK}/folds.csv",
-        "bags": bag_index(base) if base in ENCODERS else [],
+        # coords and slides, not the base's features: the aligned encoder's features come from the same
+        # per-slide features job as the base's, so depending on those would be a cycle
+        "coords": slide_files("results/{cohort}/patches/{mag}x/{slide_id}.h5", mag=CPLIP["magnification"]),
+        "slides": [slide_file(s) for s in slide_ids()],
         "trained": trained_encoder_files([CPLIP["base"]]),
         "sheet": sheet_file(),
         **label_tables(SimpleNamespace(task=CPLIP_TASK)),

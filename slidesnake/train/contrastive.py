@@ -11,13 +11,16 @@ stopping on the validation loss with the best state restored, and a wall-clock b
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -181,8 +184,6 @@ def save_open_clip_folder(
 ) -> None:
     """Write an open_clip folder (``open_clip_config.json``, ``open_clip_model.safetensors``) and
     ``training.json``, each atomically; ``load_encoder(folder)`` reads it like a pre-fetched QuiltNet."""
-    from pathlib import Path
-
     import safetensors.torch
 
     from slidesnake.io.atomic import atomic_path, write_json
@@ -292,4 +293,131 @@ def pretrain_clip(
         },
     )
     log.info("%s: pretrained in %.0f s on %d tiles (%d kinds) -> %s", name, seconds, n, len(kinds), out_dir)
+    return history
+
+
+def read_slide_tiles(
+    slide: str, coords: np.ndarray, mag: float, size: int, fallback_mpp: float | None = None
+) -> np.ndarray:
+    """uint8 (N, size, size, 3) patches of one slide at ``mag`` (level-0 coords), resized as the extractor does."""
+    from slidesnake.features.encoders import resize_patches
+    from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info
+
+    handle = open_slide(slide)
+    try:
+        plan = read_plan(slide_info(handle, fallback_mpp), mag)
+        patches = np.stack([read_patch(handle, int(x), int(y), plan) for x, y in coords])
+    finally:
+        handle.close()
+    return resize_patches(patches, size)
+
+
+def align_prompt_bags(
+    base: str,
+    bags: dict[str, list[str]],
+    slides: dict[str, tuple[str, np.ndarray]],
+    labels: dict[str, int],
+    split: dict[str, str],
+    classes: list[str],
+    out_dir: str,
+    *,
+    name: str,
+    magnification: int = 20,
+    tiles_per_slide: int = 64,
+    texts_per_class: int = 8,
+    tau: float = 0.07,
+    tune: str = "projection",
+    params: ContrastiveParams | None = None,
+    fallback_mpp: float | None = None,
+) -> list[dict[str, float]]:
+    """CPLIP-style MIL-NCE alignment of an open_clip encoder (``base``) with a prompt dictionary.
+
+    ``slides``: slide_id -> (slide file, coords at ``magnification``); ``split``: slide_id -> train/val/test
+    (only train slides are trained on; val gives early stopping; test is never read). Writes the aligned
+    encoder as an open_clip folder (``training.json`` names it ``name``).
+    """
+    from slidesnake.features.device import select_device
+    from slidesnake.features.encoders import load_encoder
+    from slidesnake.models.vl.cplip import positive_mask, text_bag, trainable_parameters
+
+    params = params or ContrastiveParams(epochs=30, lr=1e-3, weight_decay=0.0, patience=5)
+    device = select_device(params.device)
+    params = ContrastiveParams(**{**asdict(params), "device": str(device)})
+    seed_all(params.seed)
+    encoder = load_encoder(base, device)
+    model = encoder.model
+    trainable = trainable_parameters(model, tune)
+    rng = np.random.default_rng(params.seed)
+    image_size = encoder.spec.image_size
+    tiles, targets = {}, {}
+    for part in ("train", "val"):
+        chosen = [s for s in slides if split.get(s) == part and len(slides[s][1])]
+        if part == "train" and not chosen:
+            raise ValueError("CPLIP alignment: no training slide with patches in this fold")
+        images, image_class = [], []
+        for slide_id in chosen:
+            path, coords = slides[slide_id]
+            pick = rng.choice(len(coords), size=min(tiles_per_slide, len(coords)), replace=False)
+            images.append(torch.from_numpy(read_slide_tiles(path, coords[np.sort(pick)], magnification, image_size)))
+            image_class.append(torch.full((len(pick),), labels[slide_id]))
+        tiles[part] = torch.cat(images) if images else torch.zeros((0, image_size, image_size, 3), torch.uint8)
+        targets[part] = torch.cat(image_class) if image_class else torch.zeros(0, dtype=torch.long)
+    tokens_of = encoder.tokenizer
+    generator = torch.Generator().manual_seed(params.seed)
+    batch = 256
+
+    def step_loss(images: torch.Tensor, image_class: torch.Tensor, texts, text_class) -> torch.Tensor:
+        image = model.encode_image(encoder.preprocess(images))
+        text = model.encode_text(tokens_of(texts).to(device))
+        return milnce_loss(image, text, positive_mask(image_class.to(device), text_class.to(device)), tau)
+
+    def batches(epoch: int):
+        order = torch.randperm(len(tiles["train"]), generator=generator)
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            texts, text_class = text_bag(bags, classes, texts_per_class, rng)
+            yield _augment(tiles["train"][idx], generator), targets["train"][idx], texts, torch.from_numpy(text_class)
+
+    val_texts = [t for c in classes for t in bags[c]]
+    val_class = torch.tensor([k for k, c in enumerate(classes) for _ in bags[c]])
+
+    def validation() -> float:
+        losses = [
+            float(step_loss(tiles["val"][i : i + batch], targets["val"][i : i + batch], val_texts, val_class))
+            for i in range(0, len(tiles["val"]), batch)
+        ]
+        return sum(losses) / len(losses)
+
+    start = time.monotonic()
+    history = fit_contrastive(
+        model,
+        trainable,
+        lambda b: step_loss(*b),
+        batches,
+        max(1, -(-len(tiles["train"]) // batch)),
+        params,
+        validation if len(tiles["val"]) else None,
+    )
+    with open(Path(base) / "open_clip_config.json", encoding="utf-8") as fh:
+        model_cfg = json.load(fh)["model_cfg"]
+    save_open_clip_folder(
+        model.cpu(),
+        model_cfg,
+        out_dir,
+        {
+            "name": name,
+            "objective": "milnce",
+            "base": base,
+            "tune": tune,
+            "tau": tau,
+            "tiles_per_slide": tiles_per_slide,
+            "texts_per_class": texts_per_class,
+            "magnification": magnification,
+            "train_slides": sorted(s for s in slides if split.get(s) == "train"),
+            "val_slides": sorted(s for s in slides if split.get(s) == "val"),
+            "params": params_record(params),
+            "seconds": time.monotonic() - start,
+            "history": history,
+        },
+    )
     return history

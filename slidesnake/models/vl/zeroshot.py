@@ -236,24 +236,34 @@ def score_cohort(
     ks = tuple(sorted(set(params.ks) | ({params.top_k} if isinstance(params.top_k, int) else set())))
     weights = stacked_weights(bank, params.n_prompt_sets, params.seed)
     scale = bank.logit_scale  # stored already exponentiated (Encoder.logit_scale)
-    rows, tiles = [], {}
+    scored, probs, tiles = [], [], {}
     for slide_id, path in features.items():
         feats, coords = read_slide_features(path, bank.embeddings.shape[1])
         if not len(feats):
             log.warning("%s: no patches; slide %s not scored", path, slide_id)
             continue
         pooled, tile_logits = score_slide(feats, coords, weights, ks, params.smoothing_k)
-        probs = softmax(pooled, scale)
-        for i, k in enumerate(ks):
-            for s in range(weights.shape[0]):
-                rows.append((slide_id, s - 1 if s else FULL_SET, k, *probs[i, s]))
-        tiles[slide_id] = (coords, tile_logits)
-    if not rows:
+        scored.append(slide_id)
+        probs.append(pooled)
+        if tile_scores_h5 is not None:
+            tiles[slide_id] = (coords, tile_logits)
+    if not scored:
         raise ZeroShotError(f"no slide has patches among {len(features)} feature files; nothing to score")
     if tile_scores_h5 is not None:
         write_tile_scores(tile_scores_h5, tiles, bank.classes, scale)
-    columns = ["slide_id", "prompt_set", "k", *[f"prob_{c}" for c in bank.classes]]
-    return pd.DataFrame(rows, columns=columns)
+    stacked = softmax(np.stack(probs), scale)  # (slides, K, sets, C)
+    n_slides, n_k, n_sets, n_classes = stacked.shape
+    table = pd.DataFrame(
+        {
+            "slide_id": np.repeat(np.asarray(scored, dtype=object), n_k * n_sets),
+            "prompt_set": np.tile(np.arange(n_sets) - 1, n_slides * n_k),  # 0 -> FULL_SET (-1), then 0..n-1
+            "k": np.tile(np.repeat(np.asarray(ks), n_sets), n_slides),
+        }
+    )
+    flat = stacked.reshape(-1, n_classes)
+    for c, name in enumerate(bank.classes):
+        table[f"prob_{name}"] = flat[:, c]
+    return table
 
 
 def write_tile_scores(
