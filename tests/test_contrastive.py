@@ -116,3 +116,24 @@ def test_a_pretrained_folder_loads_through_the_registry_under_its_trained_name(t
         image = encoder.encode_image(encoder.preprocess(tiles))
         text = encoder.encode_text(["solid tumour.", "fat."])
     assert image.shape == (3, 64) and text.shape == (2, 64)
+
+
+def test_cplip_tunes_only_the_projection_heads_by_default_and_bags_are_class_positives():
+    import open_clip
+
+    from slidesnake.features.encoders import TINY_CLIP_CFG
+    from slidesnake.models.vl.cplip import positive_mask, text_bag, trainable_parameters
+
+    model = open_clip.CLIP(**TINY_CLIP_CFG)
+    params = trainable_parameters(model)
+    assert {id(p) for p in params} == {id(model.visual.proj), id(model.text_projection)}
+    assert sum(p.requires_grad for p in model.parameters()) == 2
+    deeper = trainable_parameters(model, "last_block")
+    assert len(deeper) > 2 and not model.visual.transformer.resblocks[0].attn.in_proj_weight.requires_grad
+    with pytest.raises(ValueError, match="vl.cplip.tune"):
+        trainable_parameters(model, "everything")
+    bags = {"a": [f"a{i}" for i in range(10)], "b": ["b0", "b1"]}
+    texts, index = text_bag(bags, ["a", "b"], 4, np.random.default_rng(0))
+    assert len(texts) == 6 and index.tolist() == [0, 0, 0, 0, 1, 1] and set(texts[4:]) == {"b0", "b1"}
+    mask = positive_mask(torch.tensor([0, 1, 1]), torch.from_numpy(index))
+    assert mask.tolist()[0] == [True] * 4 + [False] * 2 and mask.tolist()[1] == [False] * 4 + [True] * 2
