@@ -53,6 +53,7 @@ include: "rules/tissue.smk"
 include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/vl.smk"
 include: "rules/report.smk"
 include: "rules/expression.smk"
 
@@ -62,3 +63,4 @@ rule all:
     input:
         all_targets,
         report_targets,
+        vl_targets(),

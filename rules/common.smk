@@ -1,6 +1,7 @@
 """Sheet loading, wildcard constraints and input functions shared by every rule file."""
 
 import os
+from types import SimpleNamespace
 
 import yaml
 
@@ -365,3 +366,158 @@ def expression_targets():
         fold=range(len(VISIUM_SAMPLES)),
     )
     return targets
+
+
+# ---- vision-language (issue 12): pipeline-trained encoders, zero-shot targets ------------------------
+
+VL = config["vl"]
+ZS = VL["zeroshot"]
+CPLIP = VL["cplip"]
+# Encoders the pipeline trains itself: name -> folder. demo-clip needs the demo generator (its corpus).
+PIPELINE_ENCODERS = {}
+if SOURCE == "demo":
+    PIPELINE_ENCODERS["demo-clip"] = f"results/{COHORT}/encoders/demo-clip"
+CPLIP_NAME = f"{encoder_slug(CPLIP['base'])}-cplip"
+if CPLIP["enabled"]:
+    PIPELINE_ENCODERS[CPLIP_NAME] = f"results/{COHORT}/encoders/{CPLIP_NAME}"
+ENCODER_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "training.json")
+
+
+def encoder_source(name):
+    """What load_encoder is given for a configured encoder: a pipeline-trained one's folder, else the name."""
+    return PIPELINE_ENCODERS.get(name, name)
+
+
+def encoder_sources(wildcards=None):
+    return [encoder_source(name) for name in ENCODERS.values()]
+
+
+def trained_encoder_files(names):
+    """The files of the pipeline-trained encoders among ``names``: file inputs of every job using them."""
+    return [f"{PIPELINE_ENCODERS[n]}/{f}" for n in names if n in PIPELINE_ENCODERS for f in ENCODER_FILES]
+
+
+def features_trained_encoders(wildcards):
+    return trained_encoder_files(ENCODERS.values())
+
+
+def text_trained_encoder(wildcards):
+    return trained_encoder_files([ENCODERS[wildcards.encoder]])
+
+
+def text_encoder_source(wildcards):
+    return encoder_source(ENCODERS[wildcards.encoder])
+
+
+def _task_classes(task):
+    """A classification task's classes when known before any job (configured, or the static sheet's labels)."""
+    cfg = TASKS[task]
+    if cfg.get("classes"):
+        return list(cfg["classes"])
+    if SHEET is not None and cfg.get("source", "sheet") == "sheet" and cfg.get("column") in SHEET:
+        return sorted(label for label in SHEET[cfg["column"]].unique() if label)
+    return None
+
+
+ZS_TASKS = [t for t, cfg in TASKS.items() if cfg["kind"] == "classification"] if ZS["prompts"] else []
+ZS_ENCODERS = [encoder_slug(e) for e in (ZS["encoders"] if ZS["encoders"] is not None else ENCODERS.values())]
+
+
+def _check_vl_config():
+    """Zero-shot and CPLIP settings that cannot work fail here, before any job (issue 12 bad input)."""
+    from slidesnake.models.vl.prompts import check_class_prompts, read_prompt_dictionary
+    from slidesnake.models.vl.zeroshot import check_text_tower
+
+    for name in ZS["encoders"] or []:
+        check_text_tower(name)
+        if encoder_slug(name) not in ENCODERS:
+            raise ValueError(
+                f"config key 'vl.zeroshot.encoders' names {name!r}, which is not among 'features.encoders' "
+                f"{list(ENCODERS.values())}: zero-shot scores the stored features of one of those"
+            )
+    if ZS["prompts"]:
+        for name in ENCODERS.values():
+            if ZS["encoders"] is None:
+                check_text_tower(name)
+        for task in ZS_TASKS:
+            for prompts in ZS["prompts"]:
+                path = os.path.join(workflow.basedir, "config", "prompts", f"{prompts}.json")
+                check_class_prompts(path, _task_classes(task))
+    if CPLIP["enabled"]:
+        check_text_tower(CPLIP["base"])
+        if not ZS_TASKS:
+            raise ValueError("config key 'vl.cplip.enabled' is true but no classification task has zero-shot prompts")
+        task = CPLIP["task"] or ZS_TASKS[0]
+        if task not in ZS_TASKS:
+            raise ValueError(f"config key 'vl.cplip.task' is {task!r}; classification tasks: {ZS_TASKS}")
+        path = os.path.join(workflow.basedir, "config", "prompts", f"{CPLIP['dictionary']}.json")
+        read_prompt_dictionary(path, _task_classes(task))
+
+
+_check_vl_config()
+CPLIP_TASK = (CPLIP["task"] or (ZS_TASKS[0] if ZS_TASKS else None)) if CPLIP["enabled"] else None
+
+
+def zeroshot_inputs(wildcards):
+    return {
+        "bags": bag_index(wildcards.encoder),
+        "text": f"results/{COHORT}/text/{wildcards.encoder}/{wildcards.prompts}.h5",
+        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
+        **split_inputs(wildcards),
+    }
+
+
+def zeroshot_tile_inputs(wildcards):
+    return {
+        "corpus": f"results/{COHORT}/captions/test.h5",
+        "text": f"results/{COHORT}/text/{wildcards.encoder}/{wildcards.prompts}.h5",
+        "trained": text_trained_encoder(wildcards),
+    }
+
+
+def cplip_inputs(wildcards):
+    return {
+        "dictionary": os.path.join(workflow.basedir, "config", "prompts", f"{CPLIP['dictionary']}.json"),
+        "folds": f"results/{COHORT}/splits/{CPLIP_TASK}/folds.csv",
+        # coords and slides, not the base's features: the aligned encoder's features come from the same
+        # per-slide features job as the base's, so depending on those would be a cycle
+        "coords": slide_files("results/{cohort}/patches/{mag}x/{slide_id}.h5", mag=CPLIP["magnification"]),
+        "slides": [slide_file(s) for s in slide_ids()],
+        "trained": trained_encoder_files([CPLIP["base"]]),
+        "sheet": sheet_file(),
+        **label_tables(SimpleNamespace(task=CPLIP_TASK)),
+    }
+
+
+def vl_targets():
+    """Zero-shot metrics (slide and, on the demo, tile level) of every task x encoder x prompts, and the
+    VL comparison table."""
+    if not ZS_TASKS:
+        return []
+    targets = expand(
+        "results/{cohort}/eval/{task}/zeroshot-{prompts}/{encoder}/metrics.csv",
+        cohort=COHORT,
+        task=ZS_TASKS,
+        prompts=ZS["prompts"],
+        encoder=ZS_ENCODERS,
+    )
+    targets.append(f"results/{COHORT}/eval/vl_comparison.csv")
+    return targets
+
+
+def vl_comparison_inputs(wildcards):
+    rows = [(t, p, e) for t in ZS_TASKS for p in ZS["prompts"] for e in ZS_ENCODERS]
+    files = {
+        "metrics": [f"results/{COHORT}/eval/{t}/zeroshot-{p}/{e}/metrics.csv" for t, p, e in rows],
+        "sweeps": [f"results/{COHORT}/eval/{t}/zeroshot-{p}/{e}/sweep.csv" for t, p, e in rows],
+        "predictions": [f"results/{COHORT}/models/{t}/zeroshot-{p}/{e}/predictions.parquet" for t, p, e in rows],
+        "supervised": [
+            f"results/{COHORT}/models/{t}/{m}/{TRAIN_ENCODER}/fold{k}/predictions.parquet"
+            for t in ZS_TASKS
+            for m in TRAIN["models"]
+            for k in range(TRAIN["folds"])
+        ],
+    }
+    if SOURCE == "demo":
+        files["tiles"] = [f"results/{COHORT}/eval/{t}/zeroshot-{p}/{e}/tiles.csv" for t, p, e in rows]
+    return files

@@ -10,6 +10,7 @@ rule features:
     input:
         slide=slide_path,
         coords=expand("results/{{cohort}}/patches/{mag}x/{{slide_id}}.h5", mag=MAGS),
+        trained=features_trained_encoders,
     output:
         features=expand(
             "results/{{cohort}}/features/{encoder}/{mag}x/{{slide_id}}.h5",
@@ -22,7 +23,7 @@ rule features:
         ),
     params:
         mags=MAGS,
-        encoders=list(ENCODERS.values()),
+        encoders=encoder_sources(),
         batch_size=FEATURES["batch_size"],
         num_workers=FEATURES["num_workers"],
         device=FEATURES["device"],
@@ -63,10 +64,11 @@ rule bag_index:
 rule embed_prompts:
     input:
         prompts=prompt_file,
+        trained=text_trained_encoder,
     output:
         "results/{cohort}/text/{encoder}/{prompts}.h5",
     params:
-        encoder=encoder_name,
+        encoder=text_encoder_source,
         device=FEATURES["device"],
     resources:
         gpu=FEATURES["gpu"],

@@ -219,6 +219,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from slidesnake.features.bags import read_bag_index
+    from slidesnake.io.atomic import write_parquet
+    from slidesnake.models.vl.zeroshot import FULL_SET, TOP_K, ZeroShotParams, read_text_bank, score_cohort
+
+    bank = read_text_bank(args.text)
+    params = ZeroShotParams(top_k=args.top_k, ks=TOP_K, n_prompt_sets=args.prompt_sets, smoothing_k=args.smoothing_k)
+    scores = score_cohort(read_bag_index(args.bags).features(args.magnification), bank, params)
+    chosen = scores[(scores["prompt_set"] == FULL_SET) & (scores["k"] == args.top_k)]
+    write_parquet(args.out, chosen.drop(columns=["prompt_set"]).reset_index(drop=True))
+    if args.sets_out:
+        write_parquet(args.sets_out, scores)
+    print(f"zero-shot: {len(chosen)} slides, classes {bank.classes}, top-{args.top_k} -> {args.out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from slidesnake.evaluate.metrics import evaluate_predictions
     from slidesnake.io.atomic import write_csv
@@ -388,6 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--mpp-fallback", type=float)
     p.set_defaults(func=cmd_heatmaps)
+
+    p = sub.add_parser("zeroshot", help="zero-shot slide scores from stored features and prompt embeddings")
+    p.add_argument("--bags", required=True, help="bag index TSV (features/{encoder}/bags.tsv)")
+    p.add_argument("--text", required=True, help="prompt embeddings h5 (text/{encoder}/{prompts}.h5)")
+    p.add_argument("--top-k", type=int, default=50, help="tiles averaged per class (default 50)")
+    p.add_argument("--magnification", type=int, choices=[5, 20], default=20)
+    p.add_argument("--smoothing-k", type=int, default=0, help="k-NN spatial smoothing of tile logits (0 = off)")
+    p.add_argument("--prompt-sets", type=int, default=0, help="MI-Zero sampled prompt sets to add to --sets-out")
+    p.add_argument("--sets-out", help="also write every K and prompt set (long table, parquet)")
+    p.add_argument("--out", required=True, help="predictions parquet: slide_id + prob_<class>")
+    p.set_defaults(func=cmd_zeroshot)
 
     from slidesnake.data.cli import add_commands
 

@@ -36,6 +36,11 @@ ENCODER_NAMES = (
     "prov-gigapath",
     "phikon-v2",
 )
+# Encoders the pipeline trains itself (rules/vl.smk): demo-clip on the demo's caption corpus (source demo),
+# '<base>-cplip' (vl.cplip), 'hlip-<base>' (HLIP tuning). Their folders are file inputs of the jobs using them.
+DEMO_ENCODER = "demo-clip"
+TRAINED_SUFFIX = "-cplip"
+TRAINED_PREFIX = "hlip-"
 MODEL_NAMES = (
     "abmil",
     "transmil",

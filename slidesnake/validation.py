@@ -14,7 +14,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from slidesnake.naming import ENCODER_NAMES, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, MODEL_NAMES
+from slidesnake.naming import (
+    DEMO_ENCODER,
+    ENCODER_NAMES,
+    HF_HUB_PREFIX,
+    LOCAL_DIR_PREFIX,
+    MODEL_NAMES,
+    TRAINED_PREFIX,
+    TRAINED_SUFFIX,
+)
 
 
 class ConfigNameError(ValueError):
@@ -52,6 +60,8 @@ def check_encoder(name: str, key: str = "features.encoders") -> None:
     text = name.strip()
     if text.lower() in ENCODER_NAMES or text.startswith(HF_HUB_PREFIX):
         return
+    if text == DEMO_ENCODER or text.endswith(TRAINED_SUFFIX) or text.startswith(TRAINED_PREFIX):
+        return  # trained by the pipeline (rules/vl.smk); its rule checks its own settings
     if text.startswith(LOCAL_DIR_PREFIX):
         text = text[len(LOCAL_DIR_PREFIX) :]
     if Path(text).expanduser().exists():
@@ -117,6 +127,11 @@ def check_names(
     (``clinical``, ``mutations``) to (its file, its columns or None when not known at parse time)."""
     for name in config["features"]["encoders"]:
         check_encoder(name)
+        if name == DEMO_ENCODER and config.get("source") != "demo":
+            raise ConfigNameError(
+                f"config key 'features.encoders': '{DEMO_ENCODER}' is pretrained on the demo's synthetic caption "
+                "corpus and exists only for source: demo; use a registry encoder (e.g. quiltnet-b-32) here"
+            )
     check_encoder(config["training"]["encoder"], "training.encoder")
     for name in config["training"]["models"]:
         check_model(name)

@@ -39,7 +39,7 @@ HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)  # H-optimus-0 model card
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
-CONCH_PACKAGE_HINT = "pip install git+https://github.com/Mahmoodlab/CONCH.git"
+CONCH_PACKAGE_HINT = "pip install conch-fork==0.1.0  (CONCH's code on PyPI)"
 
 # Weight file names tried in order inside an open_clip folder / Hugging Face CLIP folder.
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -94,6 +94,7 @@ class EncoderSpec:
     normalized: bool
     has_text_tower: bool = True  # False: image-only, refused by every vision-language step
     pooling: str = "projection"  # "projection" (CLIP image tower) | "cls" | "cls+mean_patch"
+    projected: bool = True  # image features are the joint image-text space embedding (what zero-shot needs)
     crop_pct: float = 1.0  # < 1: resize to image_size / crop_pct, then centre-crop image_size (timm's convention)
 
     @property
@@ -391,8 +392,23 @@ class _ConchEncoder(Encoder):
         return self.model.encode_image(images, proj_contrast=True, normalize=self.spec.normalized)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        tokens = self._tokenize(texts=list(texts), tokenizer=self.tokenizer).to(self.device)
+        tokens = conch_tokens(self.tokenizer, list(texts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens), dim=-1)
+
+
+def conch_tokens(tokenizer: Any, texts: list[str]) -> torch.Tensor:
+    """CONCH's ``tokenize`` (conch.open_clip_custom.custom_tokenizer) without ``batch_encode_plus``, which
+    transformers 5 removed: 127 tokens padded to max length, then one <pad> slot that CoCa fills with <cls>."""
+    tokens = tokenizer(
+        texts,
+        max_length=127,
+        add_special_tokens=True,
+        return_token_type_ids=False,
+        truncation=True,
+        padding="max_length",
+        return_tensors="pt",
+    )["input_ids"]
+    return F.pad(tokens, (0, 1), value=tokenizer.pad_token_id)
 
 
 def resize_patch(patch: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -446,7 +462,7 @@ def _load(name: str) -> Encoder:
     path_text = name[len(LOCAL_DIR_PREFIX) :] if name.startswith(LOCAL_DIR_PREFIX) else name
     path = Path(path_text).expanduser()
     if path.is_dir():
-        return _load_folder(name, path)
+        return _named_by_training(_load_folder(name, path), path)
     if path.is_file():
         return _load_checkpoint_file(name, path)
     arch, sep, pretrained = name.partition(":")
@@ -460,6 +476,20 @@ def _load(name: str) -> Encoder:
         f"encoder '{name}' is not a registry name ({', '.join(REGISTRY)}), an 'hf-hub:org/repo' id, an open_clip "
         "'MODEL:PRETRAINED' pair, or an existing local path; run `slidesnake encoders` to list the registry"
     )
+
+
+def _named_by_training(encoder: Encoder, folder: Path) -> Encoder:
+    """A pipeline-trained encoder folder (``training.json`` beside the weights) keeps the name it was
+    trained under (e.g. ``demo-clip``) as its provenance, not the folder path."""
+    record = folder / "training.json"
+    if record.is_file():
+        try:
+            trained_name = json.loads(record.read_text()).get("name")
+        except (OSError, ValueError) as exc:
+            raise EncoderFormatError(f"encoder '{encoder.spec.name}': {record} is not valid JSON ({exc})") from exc
+        if trained_name:
+            encoder.spec = replace(encoder.spec, name=str(trained_name), source=str(folder))
+    return encoder
 
 
 def _load_registered(spec: EncoderSpec) -> Encoder:

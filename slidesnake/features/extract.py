@@ -394,7 +394,12 @@ def _init_output(
     f.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2)).attrs.update(coords_attrs)
     f.attrs.update(common)
     f.attrs.update(
-        encoder=spec.name, source=spec.source, dim=spec.dim, normalized=spec.normalized, image_size=spec.image_size
+        encoder=spec.name,
+        source=spec.source,
+        dim=spec.dim,
+        normalized=spec.normalized,
+        projected=spec.projected,
+        image_size=spec.image_size,
     )
 
 

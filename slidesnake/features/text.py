@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -36,26 +37,55 @@ def expand_prompts(prompts: dict[str, Any], source: str = "<prompts>") -> tuple[
 
     Classes keep the JSON's order, which fixes the class index every downstream model uses.
     """
+    grid = expand_prompt_grid(prompts, source)
+    return grid.texts, grid.class_index, grid.classes
+
+
+@dataclass(frozen=True)
+class PromptGrid:
+    """Every prompt with its class, synonym and template index (MI-Zero samples prompt sets from these).
+
+    A flat ``{class: [prompts]}`` entry is one synonym per prompt with a single template (index 0).
+    """
+
+    texts: list[str]
+    class_index: list[int]
+    synonym_index: list[int]
+    template_index: list[int]
+    classes: list[str]
+
+
+def expand_prompt_grid(prompts: dict[str, Any], source: str = "<prompts>") -> PromptGrid:
+    """:func:`expand_prompts` keeping each prompt's synonym and template index."""
     if not isinstance(prompts, dict) or not prompts:
         raise PromptsError(f"{source}: expected a non-empty object mapping class names to prompts")
     texts: list[str] = []
     index: list[int] = []
+    synonym_index: list[int] = []
+    template_index: list[int] = []
     classes = list(prompts)
     for k, name in enumerate(classes):
         entry = prompts[name]
         if isinstance(entry, dict):
             synonyms = entry.get("synonyms") or entry.get("classnames") or [name]
             templates = entry.get("templates") or ["CLASSNAME."]
-            expanded = [_fill(t, s) for s in synonyms for t in templates]
+            pairs = [(i, j) for i in range(len(synonyms)) for j in range(len(templates))]
+            try:
+                expanded = [_fill(templates[j], synonyms[i]) for i, j in pairs]
+            except PromptsError as exc:
+                raise PromptsError(f"{source}: class '{name}': {exc}") from exc
         elif isinstance(entry, list):
             expanded = entry
+            pairs = [(i, 0) for i in range(len(entry))]
         else:
             raise PromptsError(f"{source}: class '{name}' must map to a list of prompts or {{synonyms, templates}}")
         if not expanded or not all(isinstance(p, str) and p.strip() for p in expanded):
             raise PromptsError(f"{source}: class '{name}' has no prompts or an empty/non-string prompt")
         texts.extend(expanded)
         index.extend([k] * len(expanded))
-    return texts, index, classes
+        synonym_index.extend(i for i, _ in pairs)
+        template_index.extend(j for _, j in pairs)
+    return PromptGrid(texts, index, synonym_index, template_index, classes)
 
 
 def embed_prompts(
@@ -64,14 +94,15 @@ def embed_prompts(
     """Embed every prompt of ``prompts_json`` with the encoder's text tower into ``out_h5``.
 
     Output: ``embeddings`` (T,D) float32 L2-normalised, ``class_index`` (T,) int64, ``prompts`` (T,)
-    strings; attrs ``classes`` (JSON list), ``encoder``, ``dim``, ``logit_scale``.
+    strings, ``synonym_index`` / ``template_index`` (T,) int64 (for prompt-set sampling); attrs ``classes`` (JSON list), ``encoder``, ``dim``, ``logit_scale``.
     """
     try:
         with open(prompts_json, encoding="utf-8") as fh:
             prompts = json.load(fh)
     except (OSError, ValueError) as exc:
         raise PromptsError(f"{prompts_json}: cannot read prompts JSON ({exc})") from exc
-    texts, index, classes = expand_prompts(prompts, os.fspath(prompts_json))
+    grid = expand_prompt_grid(prompts, os.fspath(prompts_json))
+    texts, index, classes = grid.texts, grid.class_index, grid.classes
     torch_device = select_device(device)
     encoder = load_encoder(encoder_name, torch_device)
     with inference_context(torch_device):
@@ -85,6 +116,8 @@ def embed_prompts(
             "embeddings": embeddings,
             "class_index": np.asarray(index, dtype=np.int64),
             "prompts": np.array(texts, dtype=h5py.string_dtype("utf-8")),
+            "synonym_index": np.asarray(grid.synonym_index, dtype=np.int64),
+            "template_index": np.asarray(grid.template_index, dtype=np.int64),
         },
         {
             "classes": json.dumps(classes),
