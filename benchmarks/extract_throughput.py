@@ -43,9 +43,9 @@ from slidesnake.device import inference_context, select_device  # noqa: E402
 from slidesnake.features.encoders import OPENAI_MEAN, OPENAI_STD, load_encoder, resize_patches  # noqa: E402
 from slidesnake.features.extract import extract_features  # noqa: E402
 from slidesnake.io.atomic import write_h5  # noqa: E402
+from slidesnake.io.coords import read_coords  # noqa: E402
 from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info  # noqa: E402
 from slidesnake.io.svs import write_svs  # noqa: E402
-from slidesnake.tissue.patching import read_coords  # noqa: E402
 
 PATCH = 256
 COORDS_ATTRS = {"patch_size": PATCH, "patch_size_level0": PATCH, "target_mpp": 0.5, "magnification": 20.0}

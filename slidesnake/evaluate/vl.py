@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 
 from slidesnake.evaluate.metrics import _bootstrap_many, classification_metrics, evaluate_predictions
 from slidesnake.models.vl.zeroshot import FULL_SET, TextBank, class_weights
-from slidesnake.train.tasks import Task
+from slidesnake.tasks import Task
 
 log = logging.getLogger(__name__)
 

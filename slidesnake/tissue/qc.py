@@ -18,8 +18,8 @@ if TYPE_CHECKING:  # only the cohort table needs pandas; a tissue job does not i
     import pandas as pd
 
 from slidesnake.io.atomic import atomic_path
+from slidesnake.io.coords import read_coords
 from slidesnake.io.slide import SlideError, open_slide, patch_size_level0, rgba_to_rgb
-from slidesnake.tissue.patching import read_coords
 from slidesnake.tissue.segmentation import read_tissue
 
 log = logging.getLogger(__name__)

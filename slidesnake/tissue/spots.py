@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from slidesnake.io.atomic import atomic_path, write_h5
+from slidesnake.io.coords import read_coords
 from slidesnake.io.slide import (
     SlideInfo,
     UnreadableSlideError,
@@ -33,7 +34,6 @@ from slidesnake.io.slide import (
     slide_info,
 )
 from slidesnake.io.svs import write_tiff
-from slidesnake.tissue.patching import read_coords
 
 log = logging.getLogger(__name__)
 

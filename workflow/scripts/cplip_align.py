@@ -7,8 +7,8 @@ import pandas as pd
 
 from slidesnake.joblog import setup_job_logging
 from slidesnake.models.vl.prompts import read_prompt_dictionary
+from slidesnake.tasks import class_names, load_task_labels
 from slidesnake.train.contrastive import ContrastiveParams, align_prompt_bags
-from slidesnake.train.tasks import class_names, load_task_labels
 
 setup_job_logging(snakemake.log[0])
 cfg = dict(snakemake.params.cplip)

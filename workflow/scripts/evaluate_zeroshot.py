@@ -6,7 +6,7 @@ import pandas as pd
 from slidesnake.evaluate.vl import fold_metrics, sweep_table
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
-from slidesnake.train.tasks import load_task_labels
+from slidesnake.tasks import load_task_labels
 
 setup_job_logging(snakemake.log[0])
 task, labels = load_task_labels(snakemake.wildcards.task, snakemake.params.task, snakemake.input.sheet)

@@ -2,7 +2,7 @@
 
 import torch
 
-from slidesnake.features.device import select_device
+from slidesnake.device import select_device
 from slidesnake.joblog import setup_job_logging
 from slidesnake.models.expression.contrastive import ContrastiveConfig
 from slidesnake.models.expression.fold import Section, run_fold

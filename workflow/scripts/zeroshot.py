@@ -6,7 +6,7 @@ from slidesnake.features.bags import read_bag_index
 from slidesnake.io.atomic import write_parquet
 from slidesnake.joblog import setup_job_logging
 from slidesnake.models.vl.zeroshot import ZeroShotParams, predictions_table, read_text_bank, reorder, score_cohort
-from slidesnake.train.tasks import class_names, load_task_labels
+from slidesnake.tasks import class_names, load_task_labels
 
 setup_job_logging(snakemake.log[0])
 task, labels = load_task_labels(

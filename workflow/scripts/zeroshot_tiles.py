@@ -3,8 +3,8 @@
 import torch
 
 from slidesnake.data.captions_corpus import read_corpus
+from slidesnake.device import inference_context, select_device
 from slidesnake.evaluate.vl import tile_zeroshot
-from slidesnake.features.device import inference_context, select_device
 from slidesnake.features.encoders import load_encoder
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
