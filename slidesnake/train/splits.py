@@ -126,7 +126,9 @@ def make_fewshot_splits(
         raise SplitError(f"few-shot N must be >= 1, got {shots}")
     for column in ("slide_id", "case_id", label_column):
         if column not in slides.columns:
-            raise SplitError(f"slide sheet has no {column!r} column; few-shot splits need slide_id, case_id and a label")
+            raise SplitError(
+                f"slide sheet has no {column!r} column; few-shot splits need slide_id, case_id and a label"
+            )
     strata = _patient_strata(slides, label_column)
     classes = sorted(strata.unique())
     if len(classes) < 2:

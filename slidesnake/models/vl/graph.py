@@ -110,29 +110,43 @@ def _hier(data: HeteroData, up: str, down: str, parent: torch.Tensor, child: tor
     data[down, "child_of", up].edge_index = torch.stack([child, parent])
 
 
+DENSE_LIMIT = 64_000_000  # adjacency entries up to which mean aggregation is a dense product
+
+
+def mean_adjacency(edge_index: torch.Tensor, n_src: int, n_dst: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Row-normalised dense (n_dst, n_src) adjacency of ``edge_index`` (mean over in-edges), or None if too big.
+
+    Text-image relations are bipartite between a few dozen texts and thousands of patches, so the dense
+    matrix is small and its product is cheaper than a per-edge gather (no sorting, no (E, D) copy).
+    """
+    if n_src * n_dst > DENSE_LIMIT:
+        return None
+    adj = torch.zeros(n_dst, n_src, dtype=dtype, device=edge_index.device)
+    adj[edge_index[1], edge_index[0]] = 1.0
+    return adj / adj.sum(1, keepdim=True).clamp(min=1)
+
+
 class SmallSideSAGE(SAGEConv):
     """SAGEConv with mean aggregation, computed in the cheaper order for bipartite text-image relations.
 
-    out_i = lin_l(mean_{j→i} x_j) + lin_r(x_i), as SAGEConv. The mean is a sparse matrix product (no
-    per-edge copy of features), and when sources are fewer than targets (texts → 32,000 patches) lin_l
-    is applied to the sources first: lin_l(mean x_j) = mean(lin_l x_j) for every target with a neighbour.
+    out_i = lin_l(mean_{j→i} x_j) + lin_r(x_i), as SAGEConv. When sources are fewer than targets (texts →
+    patches) lin_l is applied to the sources first: lin_l(mean x_j) = mean(lin_l x_j) for every target with
+    a neighbour (a target without one gets lin_r(x_i) alone, as in SAGEConv).
     """
 
     def forward(self, x, edge_index, size=None):  # type: ignore[override]
         x_src, x_dst = x if isinstance(x, tuple) else (x, x)
-        src, dst = edge_index
         n_src, n_dst = x_src.shape[0], x_dst.shape[0]
-        deg = torch.zeros(n_dst, dtype=x_src.dtype, device=x_src.device).index_add_(
-            0, dst, torch.ones_like(dst, dtype=x_src.dtype)
-        )
-        adj = torch.sparse_coo_tensor(torch.stack([dst, src]), 1.0 / deg[dst], (n_dst, n_src), check_invariants=False).coalesce()
+        adj = mean_adjacency(edge_index, n_src, n_dst, x_src.dtype)
+        if adj is None:
+            return super().forward((x_src, x_dst), edge_index)
         lin = self.lin_l
         if n_src < n_dst:
-            out = torch.sparse.mm(adj, F.linear(x_src, lin.weight))
+            out = adj @ F.linear(x_src, lin.weight)
             if lin.bias is not None:
-                out = out + lin.bias * (deg > 0).unsqueeze(1).to(out.dtype)
+                out = out + lin.bias * (adj.sum(1, keepdim=True) > 0).to(out.dtype)
         else:
-            out = lin(torch.sparse.mm(adj, x_src))
+            out = lin(adj @ x_src)
         return out + self.lin_r(x_dst)
 
 
@@ -140,31 +154,45 @@ class CrossScaleAttention(nn.Module):
     """Attention along hierarchical edges: each target attends over its neighbours at the other scale
     (a parent over its present children, a child over its one parent), softmax over each target's edges.
 
-    The score is bilinear, q_i·k_j = x_i W_q W_kᵀ x_jᵀ, computed on whichever side has fewer nodes, and the
-    value projection is applied after pooling, so 32,000 children cost no D×D product.
+    The score is bilinear, q_i·k_j = x_i W_q W_kᵀ x_jᵀ, computed on whichever side has fewer nodes; the
+    value projection runs on the smaller side too (before pooling for few sources, after it for few
+    targets; exact, since a target's weights sum to 1). A target with a single edge (a child) gets weight
+    1 without a score (``single_source``). So 32,000 children cost no D×D product.
     """
 
-    def __init__(self, dim: int, attn_dim: int | None = None) -> None:
+    def __init__(self, dim: int, attn_dim: int | None = None, single_source: bool = False) -> None:
         super().__init__()
         attn_dim = attn_dim or dim
-        self.q = nn.Linear(dim, attn_dim, bias=False)
-        self.k = nn.Linear(dim, attn_dim, bias=False)
+        self.single_source = single_source  # parent -> child: one source per target, the weight is 1
+        if not single_source:
+            self.q = nn.Linear(dim, attn_dim, bias=False)
+            self.k = nn.Linear(dim, attn_dim, bias=False)
         self.v = nn.Linear(dim, dim)
         self.scale = 1.0 / math.sqrt(attn_dim)
 
     def forward(self, x_src: torch.Tensor, x_dst: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         src, dst = edge_index
+        n_src, n_dst = x_src.shape[0], x_dst.shape[0]
         if len(src) == 0:
             return x_dst.new_zeros(x_dst.shape)
-        if x_src.shape[0] <= x_dst.shape[0]:  # k on the small side, pulled back into input space by W_q
+        deg = torch.zeros(n_dst, dtype=x_src.dtype, device=x_src.device).index_add_(
+            0, dst, torch.ones_like(dst, dtype=x_src.dtype)
+        )
+        has = (deg > 0).unsqueeze(1).to(x_src.dtype)
+        if self.single_source:
+            if int(deg.max()) > 1:
+                raise ValueError("a single-source relation has a target with several sources")
+            return x_dst.new_zeros(n_dst, x_dst.shape[1]).index_copy(0, dst, self.v(x_src)[src])
+        if n_src < n_dst:  # values on the few sources
+            values = self.v(x_src)
             key = self.k(x_src) @ self.q.weight  # (n_src, D): x_j W_k W_qᵀ
             score = (x_dst[dst] * key[src]).sum(-1)
-        else:
-            query = self.q(x_dst) @ self.k.weight
-            score = (query[dst] * x_src[src]).sum(-1)
-        a = softmax(score * self.scale, dst, num_nodes=x_dst.shape[0])
-        pooled = scatter(a.unsqueeze(1) * x_src[src], dst, 0, dim_size=x_dst.shape[0], reduce="sum")
-        has = scatter(torch.ones_like(a), dst, 0, dim_size=x_dst.shape[0], reduce="sum").unsqueeze(1) > 0
+            a = softmax(score * self.scale, dst, num_nodes=n_dst)
+            return scatter(a.unsqueeze(1) * values[src], dst, 0, dim_size=n_dst, reduce="sum")
+        query = self.q(x_dst) @ self.k.weight  # (n_dst, D) on the few targets
+        score = (query[dst] * x_src[src]).sum(-1)
+        a = softmax(score * self.scale, dst, num_nodes=n_dst)
+        pooled = scatter(a.unsqueeze(1) * x_src[src], dst, 0, dim_size=n_dst, reduce="sum")
         return self.v(pooled) * has
 
 
@@ -174,7 +202,9 @@ class HiveGraphLayer(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.intra = HeteroConv({rel: SmallSideSAGE(dim, dim) for rel in INTRA}, aggr="sum")
-        self.hier = nn.ModuleDict({"__".join(rel): CrossScaleAttention(dim) for rel in HIER})
+        self.hier = nn.ModuleDict(
+            {"__".join(rel): CrossScaleAttention(dim, single_source=rel[1] == "parent_of") for rel in HIER}
+        )
 
     def forward(self, x: dict[str, torch.Tensor], data: HeteroData) -> dict[str, torch.Tensor]:
         edges = {rel: data[rel].edge_index for rel in INTRA}

@@ -55,7 +55,9 @@ def parse_hier_prompts(data: dict, classes: list[str] | None = None, source: str
     the file is an error. Without ``classes`` the file's own order is used.
     """
     if not isinstance(data, dict) or not data:
-        raise HierPromptError(f"{source}: expected a JSON object {{class: {{coarse, fine}}}}, got {type(data).__name__}")
+        raise HierPromptError(
+            f"{source}: expected a JSON object {{class: {{coarse, fine}}}}, got {type(data).__name__}"
+        )
     if classes is None:
         classes = list(data)
     missing = [c for c in classes if c not in data]
@@ -98,7 +100,9 @@ def _entries(block: object, key: str, count: int, source: str, name: str, label:
     items = block.get(key) if isinstance(block, dict) else None
     if not isinstance(items, list) or len(items) != count:
         got = len(items) if isinstance(items, list) else type(items).__name__
-        raise HierPromptError(f"{source}: class {name!r}: {label!r} must hold {count} {{term, explanation}} entries, got {got}")
+        raise HierPromptError(
+            f"{source}: class {name!r}: {label!r} must hold {count} {{term, explanation}} entries, got {got}"
+        )
     texts = []
     for i, entry in enumerate(items):
         ok = isinstance(entry, dict) and all(

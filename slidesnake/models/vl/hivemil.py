@@ -25,20 +25,13 @@ from torch import nn
 from slidesnake.models.mil.base import MILModel, MILOutput
 from slidesnake.models.vl.graph import IMG5, IMG20, TXT5, TXT20, HiveGraph, build_graph
 from slidesnake.models.vl.hier_prompts import N_COARSE, N_FINE_PER_COARSE, HierPrompts
-from slidesnake.models.vl.prompt_learner import N_CTX, PromptLearner, TextTower, raw_logit_scale_of
-
-
-class FrozenTowerMixin:
-    """Keeps the frozen text tower out of ``parameters()`` and ``state_dict()`` (model.pt stays small and
-    the optimizer never sees it) while ``.to(device)`` still moves it."""
-
-    def _set_tower(self, tower: TextTower) -> None:
-        object.__setattr__(self, "tower", tower.freeze())
-
-    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
-        super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
-        self.tower._apply(fn, *args, **kwargs)
-        return self
+from slidesnake.models.vl.prompt_learner import (
+    N_CTX,
+    FrozenTowerMixin,
+    PromptLearner,
+    TextTower,
+    raw_logit_scale_of,
+)
 
 
 def htcl_loss(

@@ -208,6 +208,19 @@ def text_tower(encoder: Any) -> TextTower:
     raise ValueError(f"encoder {encoder.spec.name!r} (family {family!r}) has no text tower HiVE-MIL/ViLa-MIL can use")
 
 
+class FrozenTowerMixin:
+    """Keeps the frozen text tower out of ``parameters()`` and ``state_dict()`` (model.pt stays small and
+    the optimizer never sees it) while ``.to(device)`` still moves it."""
+
+    def _set_tower(self, tower: TextTower) -> None:
+        object.__setattr__(self, "tower", tower.freeze())
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
+        self.tower._apply(fn, *args, **kwargs)
+        return self
+
+
 class PromptLearner(nn.Module):
     """16 shared CoOp context vectors spliced after SOT of every prompt; one tower pass for all prompts.
 
@@ -253,7 +266,9 @@ def _shift_for_context(
         words = row[1:end] if row and row[0] == sot else row[:end]
         room = length - n_ctx - 2
         if len(words) > room:
-            log.warning("prompt %r is %d tokens too long with %d context vectors; cut", texts[i], len(words) - room, n_ctx)
+            log.warning(
+                "prompt %r is %d tokens too long with %d context vectors; cut", texts[i], len(words) - room, n_ctx
+            )
             words = words[:room]
         seq = [sot] + [sot] * n_ctx + words + [eot]
         positions.append(len(seq) - 1)
