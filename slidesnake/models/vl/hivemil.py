@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from slidesnake.models.mil.base import MILModel, MILOutput
 from slidesnake.models.vl.graph import IMG5, IMG20, TXT5, TXT20, HiveGraph, build_graph
