@@ -166,6 +166,8 @@ def cmd_splits(args: argparse.Namespace) -> int:
 
     config, _, labels = _task_labels(args)
     training = config["training"]
+    if args.few_shot:
+        return _fewshot_splits(args, labels, training["split_seed"])
     folds = make_splits(
         labels,
         k=training["folds"],
@@ -174,6 +176,21 @@ def cmd_splits(args: argparse.Namespace) -> int:
     )
     write_csv(args.out, folds)
     print(f"{folds['case_id'].nunique()} patients in {training['folds']} folds -> {args.out}")
+    return 0
+
+
+def _fewshot_splits(args: argparse.Namespace, labels, seed: int) -> int:
+    """``splits --few-shot N [N ...]``: one fewshot{N}.csv per N (``--out`` holds ``{N}`` when several)."""
+    from slidesnake.io.atomic import write_csv
+    from slidesnake.train.splits import make_fewshot_splits
+
+    if len(args.few_shot) > 1 and "{N}" not in args.out:
+        raise ValueError(f"--out {args.out!r}: with several --few-shot values it must contain {{N}}")
+    tables = make_fewshot_splits(labels, args.few_shot, repeats=args.repeats, seed=seed)
+    for n, table in tables.items():
+        out = args.out.replace("{N}", str(n))
+        write_csv(out, table)
+        print(f"{n}-shot x {args.repeats} repeats -> {out}")
     return 0
 
 
@@ -369,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("splits", help="patient-level stratified k-fold train/val/test splits")
     task_args(p)
-    p.add_argument("--out", required=True, help="folds.csv")
+    p.add_argument("--out", required=True, help="folds.csv (few-shot: fewshot{N}.csv)")
+    p.add_argument("--few-shot", type=int, nargs="+", metavar="N", help="few-shot splits: N train slides per class")
+    p.add_argument("--repeats", type=int, default=5, help="few-shot repeats (fixed seeds)")
     p.set_defaults(func=cmd_splits)
 
     p = sub.add_parser("train", help="train one model on one fold")
