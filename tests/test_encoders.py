@@ -151,7 +151,8 @@ def test_unknown_folder_format_and_missing_weights_are_named(tmp_path):
 
 
 def test_conch_without_its_package_names_the_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, "conch", None)  # import conch -> ImportError, even if installed
+    for name in ("conch", "conch.open_clip_custom"):  # import -> ImportError, even if installed and imported
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(EncoderDependencyError, match="conch.*pip install"):
         load_encoder("conch")
 
