@@ -565,7 +565,7 @@ def tune_hlip(
         for batch in val_loader:
             losses.append(float(hlip_step_loss(towers, tokens, batch, device)))
             weights.append(len(batch[1]))
-        return sum(l * w for l, w in zip(losses, weights)) / max(1, sum(weights))
+        return sum(v * w for v, w in zip(losses, weights)) / max(1, sum(weights))
 
     start = time.monotonic()
     history = fit_contrastive(
