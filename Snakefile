@@ -39,6 +39,7 @@ include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/vl.smk"
+include: "rules/hlip.smk"
 include: "rules/report.smk"
 
 
@@ -47,3 +48,4 @@ rule all:
     input:
         all_targets,
         vl_targets(),
+        hlip_targets(),

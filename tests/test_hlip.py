@@ -224,3 +224,10 @@ def test_malignancy_ratio_excludes_background_and_tests_groups():
     out = compare_groups(low_group, high_group)
     assert out["welch_t"] > 0 and out["welch_p"] < 1e-4 and out["mwu_p"] < 1e-4
     assert math.isnan(compare_groups(low_group[:1], high_group)["welch_p"])
+
+
+def test_field_order_puts_chosen_fields_first():
+    text = case_caption(FULL, ["stage", "primary_diagnosis"])
+    assert text == "The tumour is stage II. The primary diagnosis is adenocarcinoma, nos."
+    with pytest.raises(ValueError, match="vl.hlip.fields"):
+        case_caption(FULL, ["tumour_size"])

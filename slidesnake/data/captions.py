@@ -120,15 +120,29 @@ def field_values(row: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def case_caption(row: Mapping[str, Any]) -> str:
-    """One paragraph: a sentence per present field, in FIELDS order; "" when every field is missing."""
+def field_order(fields: Sequence[str] | None = None) -> tuple[Field, ...]:
+    """The caption fields in paragraph order: ``fields`` (names from FIELD_NAMES), or all 12 in FIELDS order."""
+    if fields is None:
+        return FIELDS
+    unknown = [f for f in fields if f not in FIELD_NAMES]
+    if unknown or not fields:
+        raise CaptionError(f"vl.hlip.fields names unknown fields {unknown}; choose from {', '.join(FIELD_NAMES)}")
+    by_name = {f.name: f for f in FIELDS}
+    return tuple(by_name[f] for f in dict.fromkeys(fields))
+
+
+def case_caption(row: Mapping[str, Any], fields: Sequence[str] | None = None) -> str:
+    """One paragraph: a sentence per present field, in paragraph order; "" when every field is missing."""
     values = field_values(row)
-    return " ".join(f.sentence.format(values[f.name]) for f in FIELDS if f.name in values)
+    return " ".join(f.sentence.format(values[f.name]) for f in field_order(fields) if f.name in values)
 
 
-def clinical_captions(clinical: pd.DataFrame, case_ids: Sequence[str] | None = None) -> pd.DataFrame:
+def clinical_captions(
+    clinical: pd.DataFrame, case_ids: Sequence[str] | None = None, fields: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per case: case_id, caption, n_fields, and each formatted field (null when missing).
 
+    ``fields`` orders (and may subset) the paragraph's sentences; the field columns keep all 12.
     ``case_ids`` (e.g. the slide sheet's) lists the cases that need a caption: one without a clinical
     record, or whose fields are all missing, is logged by name and dropped, and the cohort goes on.
     """
@@ -155,7 +169,7 @@ def clinical_captions(clinical: pd.DataFrame, case_ids: Sequence[str] | None = N
         rows.append(
             {
                 "case_id": case_id,
-                "caption": case_caption(record),
+                "caption": case_caption(record, fields),
                 "n_fields": len(values),
                 **{name: values.get(name) for name in FIELD_NAMES},
             }
@@ -248,3 +262,17 @@ def log_truncation(texts: Sequence[str], tokenizer: Any, what: str, context_leng
     if n:
         log.warning("%d of %d %s are longer than the text tower's context and are truncated to it", n, len(texts), what)
     return n
+
+
+def write_clinical_captions(
+    clinical_parquet: str, out_parquet: str, sheet_tsv: str | None = None, fields: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Captions of the sheet's cases (or every case of the table) -> parquet, atomically."""
+    from slidesnake.io.atomic import write_parquet
+    from slidesnake.sheet import read_sheet
+
+    case_ids = list(read_sheet(sheet_tsv)["case_id"]) if sheet_tsv else None
+    captions = clinical_captions(pd.read_parquet(clinical_parquet), case_ids, fields)
+    write_parquet(out_parquet, captions)
+    log.info("%d clinical captions (median %d fields) -> %s", len(captions), captions["n_fields"].median() if len(captions) else 0, out_parquet)
+    return captions

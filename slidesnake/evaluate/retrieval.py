@@ -443,3 +443,86 @@ def plot_maps(path: str, maps: dict[str, dict[str, np.ndarray]], title: str) -> 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def run_retrieval(
+    encoder_source: str,
+    feature_files: list[str],
+    captions_parquet: str,
+    clinical_parquet: str,
+    folds_csv: str,
+    sheet_tsv: str,
+    fold: int,
+    out_metrics: str,
+    out_maps: str | None = None,
+    out_figure: str | None = None,
+    *,
+    text_h5: str | None = None,
+    task: tuple[str, dict] | None = None,
+    params: RetrievalParams | None = None,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Evaluate one encoder on the test slides of ``fold`` from the pipeline's files and write
+    ``metrics.csv`` (and the malignancy maps); features files are named ``{slide_id}.h5``."""
+    from pathlib import Path
+
+    from slidesnake.features.device import select_device
+    from slidesnake.features.encoders import load_encoder
+    from slidesnake.io.atomic import write_csv
+    from slidesnake.sheet import read_sheet
+    from slidesnake.train.contrastive import read_fold
+
+    sheet = read_sheet(sheet_tsv)
+    slide_cases = dict(zip(sheet["slide_id"], sheet["case_id"]))
+    split = read_fold(folds_csv, fold)
+    files = {Path(p).stem: str(p) for p in feature_files if split.get(Path(p).stem) == "test"}
+    tiles = read_test_tiles(files, slide_cases)
+    encoder = load_encoder(encoder_source, select_device(device))
+    name = encoder.spec.name
+
+    @torch.no_grad()
+    def encode_text(texts: list[str]) -> np.ndarray:
+        out = [encoder.encode_text(texts[i : i + 256]).float().cpu().numpy() for i in range(0, len(texts), 256)]
+        return np.concatenate(out) if out else np.zeros((0, encoder.spec.dim), np.float32)
+
+    class_text, slide_labels = None, None
+    if text_h5 and task is not None:
+        from slidesnake.models.vl.zeroshot import read_text_bank, reorder
+        from slidesnake.train.tasks import class_names, load_task_labels
+
+        task_obj, labels = load_task_labels(task[0], task[1], sheet_tsv, clinical=clinical_parquet)
+        classes = class_names(task_obj, labels)
+        bank = reorder(read_text_bank(text_h5), classes)
+        class_text = np.stack([bank.embeddings[bank.class_index == c].mean(axis=0) for c in range(len(classes))])
+        class_text /= np.linalg.norm(class_text, axis=1, keepdims=True)
+        index = {c: i for i, c in enumerate(classes)}
+        slide_labels = {s: index[str(v)] for s, v in zip(labels["slide_id"], labels["label"]) if str(v) in index}
+    metrics, maps = evaluate_retrieval(
+        name,
+        tiles,
+        encode_text,
+        encoder.logit_scale,
+        pd.read_parquet(captions_parquet),
+        pd.read_parquet(clinical_parquet),
+        class_text,
+        slide_labels,
+        params,
+    )
+    write_csv(out_metrics, metrics, index=False)
+    if out_maps:
+        write_maps(out_maps, maps)
+    if out_figure:
+        plot_maps(out_figure, maps, f"{name}: P(stage III/IV) per tile, fold {fold} test slides")
+    return metrics
+
+
+def comparison_table(metrics_files: list[str]) -> pd.DataFrame:
+    """The encoders' metrics side by side: one row per (metric, group, k), a value column per encoder."""
+    frames = [pd.read_csv(p) for p in metrics_files]
+    long = pd.concat(frames, ignore_index=True)
+    long["k"] = long["k"].fillna(-1)
+    wide = long.pivot_table(index=["metric", "group", "k"], columns="encoder", values="value", aggfunc="first")
+    wide = wide.reset_index()
+    wide["k"] = wide["k"].replace(-1, np.nan)
+    wide.columns.name = None
+    return wide

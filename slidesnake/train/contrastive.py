@@ -658,3 +658,46 @@ def save_tuned_encoder(encoder: Any, out_dir: str, training: dict[str, Any]) -> 
             },
         )
     write_json(out / "training.json", training)
+
+
+def read_fold(folds_csv: str, fold: int) -> dict[str, str]:
+    """slide_id -> train/val/test of one fold of a folds.csv (slidesnake/train/splits.py)."""
+    import pandas as pd
+
+    folds = pd.read_csv(folds_csv, dtype={"slide_id": str, "case_id": str})
+    part = folds[folds["fold"] == fold]
+    if part.empty:
+        raise HlipError(f"{folds_csv} has no fold {fold} (config key vl.hlip.fold); folds: {sorted(folds['fold'].unique())}")
+    return dict(zip(part["slide_id"], part["split"]))
+
+
+def tune_hlip_files(
+    base: str,
+    tile_files: list[str],
+    captions_parquet: str,
+    folds_csv: str,
+    sheet_tsv: str,
+    fold: int,
+    out_dir: str,
+    **kwargs: Any,
+) -> list[dict[str, float]]:
+    """:func:`tune_hlip` from the pipeline's files: tiles h5 per slide (named ``{slide_id}.h5``), the
+    clinical captions table, the folds and the slide sheet."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from slidesnake.sheet import read_sheet
+
+    sheet = read_sheet(sheet_tsv)
+    captions = pd.read_parquet(captions_parquet)
+    tiles = {Path(p).stem: str(p) for p in tile_files}
+    return tune_hlip(
+        base,
+        tiles,
+        dict(zip(sheet["slide_id"], sheet["case_id"])),
+        dict(zip(captions["case_id"], captions["caption"])),
+        read_fold(folds_csv, fold),
+        out_dir,
+        **kwargs,
+    )
