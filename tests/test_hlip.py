@@ -231,3 +231,53 @@ def test_field_order_puts_chosen_fields_first():
     assert text == "The tumour is stage II. The primary diagnosis is adenocarcinoma, nos."
     with pytest.raises(ValueError, match="vl.hlip.fields"):
         case_caption(FULL, ["tumour_size"])
+
+
+# ------------------------------------------------------------------------------------------ tuning
+
+
+def _tile_file(path, colour, n=8, size=32):
+    rng = np.random.default_rng(int(sum(colour)))
+    tiles = np.clip(np.asarray(colour)[None, None, None] + rng.integers(-8, 9, (n, size, size, 3)), 0, 255)
+    write_h5(path, {"tiles": tiles.astype(np.uint8), "coords": np.zeros((n, 2), np.int64)}, {"status": "ok"})
+    return str(path)
+
+
+def test_tune_hlip_learns_pairs_from_tile_files_and_writes_a_loadable_encoder(tmp_path, caplog):
+    from slidesnake.features.encoders import load_encoder
+    from slidesnake.train.contrastive import hlip_params, tune_hlip
+
+    colours = [(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40), (40, 220, 220), (220, 40, 220)]
+    words = ["red", "green", "blue", "yellow", "cyan", "magenta"]
+    tiles = {f"S{i}": _tile_file(tmp_path / f"S{i}.h5", c) for i, c in enumerate(colours)}
+    write_h5(tmp_path / "E.h5", {"tiles": np.zeros((0, 32, 32, 3), np.uint8), "coords": np.zeros((0, 2))})
+    tiles["E"] = str(tmp_path / "E.h5")
+    tiles["X"] = _tile_file(tmp_path / "X.h5", (128, 128, 128))
+    cases = {s: f"C{s}" for s in tiles}
+    captions = {f"CS{i}": f"The tumour is {w}." for i, w in enumerate(words)} | {"CE": "The tumour is empty."}
+    splits = {"S0": "train", "S1": "train", "S2": "train", "S3": "train", "S4": "val", "S5": "val"}
+    splits |= {"E": "train", "X": "train"}
+    with caplog.at_level(logging.WARNING):
+        history = tune_hlip(
+            "tiny-clip", tiles, cases, captions, splits, str(tmp_path / "enc"),
+            batch_size=8, params=hlip_params(epochs=4, lr=1e-3, patience=4, device="cpu"),
+        )  # fmt: skip
+    assert "zero tiles" in caplog.text and "E" in caplog.text
+    assert "no clinical caption" in caplog.text and "X" in caplog.text
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all("val_loss" in row for row in history)
+    tuned = load_encoder(str(tmp_path / "enc"))
+    assert tuned.spec.name == "hlip-tiny-clip"
+    base = load_encoder("tiny-clip")
+    assert not torch.equal(tuned.model.visual.conv1.weight, base.model.visual.conv1.weight)
+    record = __import__("json").loads((tmp_path / "enc" / "training.json").read_text())
+    assert record["pairs"]["train"] == 32 and record["pairs"]["cases"] == 4
+    assert record["params"]["lr"] == 1e-3 and record["params"]["weight_decay"] == 0.0
+
+
+def test_tune_hlip_without_pairs_is_a_clear_error(tmp_path):
+    from slidesnake.train.contrastive import HlipError, tune_hlip
+
+    tiles = {"S0": _tile_file(tmp_path / "S0.h5", (200, 10, 10))}
+    with pytest.raises(HlipError, match="no training pairs"):
+        tune_hlip("tiny-clip", tiles, {"S0": "C0"}, {}, {"S0": "train"}, str(tmp_path / "enc"))

@@ -274,5 +274,10 @@ def write_clinical_captions(
     case_ids = list(read_sheet(sheet_tsv)["case_id"]) if sheet_tsv else None
     captions = clinical_captions(pd.read_parquet(clinical_parquet), case_ids, fields)
     write_parquet(out_parquet, captions)
-    log.info("%d clinical captions (median %d fields) -> %s", len(captions), captions["n_fields"].median() if len(captions) else 0, out_parquet)
+    log.info(
+        "%d clinical captions (median %d fields) -> %s",
+        len(captions),
+        captions["n_fields"].median() if len(captions) else 0,
+        out_parquet,
+    )
     return captions

@@ -667,7 +667,9 @@ def read_fold(folds_csv: str, fold: int) -> dict[str, str]:
     folds = pd.read_csv(folds_csv, dtype={"slide_id": str, "case_id": str})
     part = folds[folds["fold"] == fold]
     if part.empty:
-        raise HlipError(f"{folds_csv} has no fold {fold} (config key vl.hlip.fold); folds: {sorted(folds['fold'].unique())}")
+        raise HlipError(
+            f"{folds_csv} has no fold {fold} (config key vl.hlip.fold); folds: {sorted(folds['fold'].unique())}"
+        )
     return dict(zip(part["slide_id"], part["split"]))
 
 
