@@ -54,6 +54,7 @@ include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/vl.smk"
+include: "rules/hlip.smk"
 include: "rules/report.smk"
 include: "rules/expression.smk"
 
@@ -64,3 +65,4 @@ rule all:
         all_targets,
         report_targets,
         vl_targets(),
+        hlip_targets(),

@@ -521,3 +521,63 @@ def vl_comparison_inputs(wildcards):
     if SOURCE == "demo":
         files["tiles"] = [f"results/{COHORT}/eval/{t}/zeroshot-{p}/{e}/tiles.csv" for t, p, e in rows]
     return files
+
+
+# ---- HLIP (issue 14): clinical-caption tuning and retrieval evaluation ---------------------------------
+
+HLIP = VL["hlip"]
+HLIP_NAME = f"hlip-{encoder_slug(HLIP['base'])}"
+HLIP_TASK = (HLIP["task"] or next(iter(TASKS), None)) if HLIP["enabled"] else None
+HLIP_ENCODERS = [encoder_slug(HLIP["base"]), HLIP_NAME] if HLIP["enabled"] else []
+if HLIP["enabled"]:
+    PIPELINE_ENCODERS[HLIP_NAME] = f"results/{COHORT}/encoders/{HLIP_NAME}"
+    for _name in HLIP_ENCODERS:
+        if _name not in ENCODERS:
+            raise ValueError(
+                f"config key 'vl.hlip.enabled' is true, so 'features.encoders' must list {_name!r} (the base and the "
+                f"tuned encoder are both evaluated from their features); it lists {list(ENCODERS.values())}"
+            )
+    if HLIP_TASK is None:
+        raise ValueError("config key 'vl.hlip.enabled' is true but no task is configured: HLIP uses a task's folds")
+    if HLIP["task"] and HLIP["task"] not in TASKS:
+        raise ValueError(f"config key 'vl.hlip.task' is {HLIP['task']!r}; configured tasks: {list(TASKS)}")
+    if HLIP["fold"] >= TRAIN["folds"]:
+        raise ValueError(f"config key 'vl.hlip.fold' is {HLIP['fold']}, but training.folds is {TRAIN['folds']}")
+    from slidesnake.data.captions import field_order, survival_bins
+
+    field_order(HLIP["fields"])
+    survival_bins(HLIP["survival_bins"])
+HLIP_PROMPTS = HLIP["prompts"] or (ZS["prompts"][0] if ZS["prompts"] else None)
+HLIP_CLASSIFICATION = HLIP_TASK is not None and TASKS[HLIP_TASK]["kind"] == "classification"
+
+
+def hlip_tune_inputs(wildcards):
+    return {
+        "tiles": slide_files(f"results/{COHORT}/tiles/{HLIP['magnification']}x/{{slide_id}}.h5"),
+        "captions": f"results/{COHORT}/captions/clinical.parquet",
+        "folds": f"results/{COHORT}/splits/{HLIP_TASK}/folds.csv",
+        "sheet": sheet_file(),
+        "trained": trained_encoder_files([HLIP["base"]]),
+    }
+
+
+def retrieval_inputs(wildcards):
+    files = {
+        "features": slide_files(f"results/{COHORT}/features/{wildcards.encoder}/{HLIP['magnification']}x/{{slide_id}}.h5"),
+        "captions": f"results/{COHORT}/captions/clinical.parquet",
+        "clinical": f"results/{COHORT}/clinical.parquet",
+        "folds": f"results/{COHORT}/splits/{HLIP_TASK}/folds.csv",
+        "sheet": sheet_file(),
+        "trained": text_trained_encoder(wildcards),
+    }
+    if HLIP_PROMPTS and HLIP_CLASSIFICATION:
+        files["text"] = f"results/{COHORT}/text/{wildcards.encoder}/{HLIP_PROMPTS}.h5"
+    return files
+
+
+def hlip_targets():
+    """Retrieval metrics of the base and the tuned encoder, and their side-by-side table."""
+    if not HLIP["enabled"]:
+        return []
+    targets = [f"results/{COHORT}/eval/retrieval/{e}/metrics.csv" for e in HLIP_ENCODERS]
+    return targets + [f"results/{COHORT}/eval/retrieval/comparison.csv"]

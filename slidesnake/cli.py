@@ -317,6 +317,124 @@ def _warn_status(slide: str, status: str) -> None:
         log.warning("%s: %s", slide, status)
 
 
+# ---- HLIP (issue 14): captions, tune, retrieval -----------------------------------------------------
+
+
+def cmd_captions(args: argparse.Namespace) -> int:
+    from slidesnake.data.captions import write_clinical_captions
+
+    fields = args.fields.split(",") if args.fields else None
+    captions = write_clinical_captions(args.clinical, args.out, args.sheet, fields)
+    for row in captions.head(args.show).itertuples():
+        print(f"{row.case_id}: {row.caption}")
+    return 0
+
+
+def cmd_tiles(args: argparse.Namespace) -> int:
+    from slidesnake.features.tiles import sample_tiles
+
+    slide_id = args.slide_id or Path(args.slide).stem
+    n = sample_tiles(
+        args.slide, args.coords, args.out, slide_id=slide_id, magnification=args.mag,
+        tiles_per_slide=args.k, seed=args.seed, fallback_mpp=args.mpp_fallback,
+    )  # fmt: skip
+    print(f"{slide_id}: {n} tiles -> {args.out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    if args.method == "cplip":
+        log.error("slidesnake tune --method cplip is not wired in this build; run the pipeline's cplip_align rule")
+        return EXIT_CONFIG
+    from slidesnake.train.contrastive import hlip_params, tune_hlip_files
+
+    params = hlip_params(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed, device=args.device)
+    history = tune_hlip_files(
+        args.base, args.tiles, args.captions, args.folds, args.sheet, args.fold, args.out,
+        name=args.name, batch_size=args.batch_size, params=params, num_workers=args.num_workers,
+    )  # fmt: skip
+    for row in history:
+        print(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    return 0
+
+
+def cmd_retrieval(args: argparse.Namespace) -> int:
+    from slidesnake.evaluate.retrieval import RetrievalParams, run_retrieval
+
+    params = RetrievalParams(repeats=args.repeats, seed=args.seed, threshold=args.threshold)
+    task = None
+    if args.task:
+        from slidesnake.config import load_config
+
+        task = (args.task, load_config(args.config)["tasks"][args.task])
+    metrics = run_retrieval(
+        args.encoder, args.features, args.captions, args.clinical, args.folds, args.sheet, args.fold,
+        args.out, args.maps, args.figure, text_h5=args.text, task=task, params=params, device=args.device,
+    )  # fmt: skip
+    print(metrics.to_string(index=False))
+    return 0
+
+
+def _add_hlip_commands(sub: Any) -> None:
+    p = sub.add_parser("captions", help="one clinical paragraph per case (12 fields, missing ones omitted)")
+    p.add_argument("--clinical", required=True, help="clinical.parquet")
+    p.add_argument("--sheet", help="slide sheet TSV: caption only its cases (and name those without a record)")
+    p.add_argument("--fields", help="comma-separated paragraph order, e.g. stage,grade,primary_diagnosis")
+    p.add_argument("--out", required=True, help="captions parquet")
+    p.add_argument("--show", type=int, default=3, help="print the first N captions")
+    p.set_defaults(func=cmd_captions)
+
+    p = sub.add_parser("tiles", help="fixed-seed sample of at most K tiles of one slide -> tiles h5")
+    p.add_argument("slide")
+    p.add_argument("--coords", required=True, help="patches/{mag}x/{slide_id}.h5")
+    p.add_argument("--out", required=True)
+    p.add_argument("--slide-id")
+    p.add_argument("--mag", type=int, default=20)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mpp-fallback", type=float)
+    p.set_defaults(func=cmd_tiles)
+
+    p = sub.add_parser("tune", help="contrastive tuning of an encoder's image and text towers (HLIP)")
+    p.add_argument("--method", choices=["hlip", "cplip"], default="hlip")
+    p.add_argument("--base", required=True, help="encoder to tune (registry name, hf-hub id, folder)")
+    p.add_argument("--tiles", nargs="+", required=True, help="tiles/{mag}x/{slide_id}.h5 files")
+    p.add_argument("--captions", required=True, help="captions parquet from `slidesnake captions`")
+    p.add_argument("--folds", required=True)
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--sheet", required=True)
+    p.add_argument("--out", required=True, help="encoder folder to write")
+    p.add_argument("--name")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("retrieval", help="HLIP retrieval metrics of one encoder on a fold's test slides")
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--features", nargs="+", required=True, help="features/{encoder}/{mag}x/{slide_id}.h5 files")
+    p.add_argument("--captions", required=True)
+    p.add_argument("--clinical", required=True)
+    p.add_argument("--folds", required=True)
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--sheet", required=True)
+    p.add_argument("--text", help="class-prompt text h5 for zero-shot F1@K (with --task)")
+    p.add_argument("--task")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--threshold", type=float, default=0.6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="metrics.csv")
+    p.add_argument("--maps")
+    p.add_argument("--figure")
+    p.set_defaults(func=cmd_retrieval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command tree; ``slidesnake COMMAND --help`` documents each command."""
     parser = argparse.ArgumentParser(prog="slidesnake", description=__doc__.splitlines()[0])
@@ -434,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets-out", help="also write every K and prompt set (long table, parquet)")
     p.add_argument("--out", required=True, help="predictions parquet: slide_id + prob_<class>")
     p.set_defaults(func=cmd_zeroshot)
+
+    _add_hlip_commands(sub)
 
     from slidesnake.data.cli import add_commands
 

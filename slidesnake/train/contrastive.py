@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slidesnake.device import autocast_dtype
+from slidesnake.features.device import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def pretrain_clip(
     import open_clip
 
     from slidesnake.data.captions_corpus import read_corpus
-    from slidesnake.device import select_device
+    from slidesnake.features.device import select_device
 
     params = params or ContrastiveParams(epochs=12, lr=2e-3, weight_decay=0.1, patience=4, max_seconds=150)
     model_cfg = copy.deepcopy(model_cfg or DEMO_CLIP_CFG)
@@ -336,7 +336,7 @@ def align_prompt_bags(
     (only train slides are trained on; val gives early stopping; test is never read). Writes the aligned
     encoder as an open_clip folder (``training.json`` names it ``name``).
     """
-    from slidesnake.device import select_device
+    from slidesnake.features.device import select_device
     from slidesnake.features.encoders import load_encoder
     from slidesnake.models.vl.cplip import positive_mask, text_bag, trainable_parameters
 
@@ -421,3 +421,413 @@ def align_prompt_bags(
         },
     )
     return history
+
+
+# ------------------------------------------------------------------- HLIP: clinical-text tuning (issue 14)
+
+
+class HlipError(ValueError):
+    """HLIP tuning inputs that cannot give a single training pair (config key ``vl.hlip``)."""
+
+
+def grouped_clip_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float, groups: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric CLIP loss for pairs that share texts: row i's positives are every row of its group.
+
+    HLIP pairs many tiles of a case with the case's one paragraph, so a batch holds the same caption
+    several times; plain CLIP would push a tile away from its own caption's copies. The targets are
+    uniform over the group (soft cross-entropy), which is exactly :func:`clip_loss` when every group
+    has one row.
+    """
+    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    logits = logit_scale * image @ text.T
+    same = (groups[:, None] == groups[None, :]).to(logits.dtype)
+    target = same / same.sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class ClipTowers:
+    """The image and text towers of a loaded open_clip or Hugging Face CLIP encoder, for training.
+
+    ``tokenize`` turns texts into the tower's token tensors once (so a training step only indexes
+    them), ``text`` and ``image`` return unnormalised projected embeddings, ``logit_scale`` the
+    (exponentiated, trainable) temperature.
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.model = encoder.model
+        self.family = "hf_clip" if hasattr(self.model, "text_model") else "open_clip"
+        if self.family == "open_clip" and not hasattr(self.model, "encode_text"):
+            raise HlipError(f"encoder '{encoder.spec.name}' has no text tower to tune")
+        if encoder.spec.family == "conch":
+            raise HlipError(
+                f"encoder '{encoder.spec.name}': CONCH tuning is not supported (use an open_clip or HF CLIP)"
+            )
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        if self.family == "hf_clip":
+            return int(self.model.config.text_config.max_position_embeddings)
+        return int(getattr(self.tokenizer, "context_length", 77))
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.family == "hf_clip":
+            tok = self.tokenizer(
+                list(texts), padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+            )
+            return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+        return {"input_ids": self.tokenizer(list(texts))}
+
+    def text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.family == "hf_clip":
+            pooled = self.model.text_model(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
+            return self.model.text_projection(pooled)
+        return self.model.encode_text(tokens["input_ids"])
+
+    def image(self, images: torch.Tensor) -> torch.Tensor:
+        if self.family == "hf_clip":
+            return self.model.visual_projection(self.model.vision_model(pixel_values=images).pooler_output)
+        return self.model.encode_image(images)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().clamp(max=100.0)
+
+
+class TilePairs(torch.utils.data.Dataset):
+    """(tile, case) pairs read from tiles h5 files (slidesnake/features/tiles.py) a batch at a time.
+
+    An item is a list of pair indices (a batch sampler feeds it), so each file is read once per batch
+    with one sorted fancy-index read; tiles are resized to the encoder's input size and, when
+    ``augment``, flipped and rotated by 90° (histology has no up or left). h5 handles open lazily in
+    each loader process.
+    """
+
+    def __init__(
+        self, items: list[tuple[str, int, int]], image_size: int, augment: bool = False, seed: int = 0
+    ) -> None:
+        self.files = sorted({f for f, _, _ in items})
+        file_id = {f: i for i, f in enumerate(self.files)}
+        self.file = torch.tensor([file_id[f] for f, _, _ in items], dtype=torch.int64)
+        self.row = torch.tensor([r for _, r, _ in items], dtype=torch.int64)
+        self.group = torch.tensor([g for _, _, g in items], dtype=torch.int64)
+        self.image_size = int(image_size)
+        self.augment = augment
+        self.seed = seed
+        self._handles: dict[int, Any] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def _h5(self, i: int) -> Any:
+        import os
+
+        import h5py
+
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        if i not in self._handles:
+            self._handles[i] = h5py.File(self.files[i], "r")
+        return self._handles[i]
+
+    def __getitem__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+
+        from slidesnake.features.encoders import resize_patches
+
+        batch_t = torch.as_tensor(batch, dtype=torch.int64)
+        out = np.empty((len(batch_t), self.image_size, self.image_size, 3), np.uint8)
+        files = self.file[batch_t]
+        for file_index in files.unique().tolist():
+            where = (files == file_index).nonzero().flatten()
+            rows = self.row[batch_t[where]].numpy()
+            order = np.argsort(rows, kind="stable")
+            tiles = self._h5(file_index)["tiles"][rows[order]]
+            resized = resize_patches(tiles, self.image_size)
+            out[where.numpy()[order]] = resized
+        tiles_t = torch.from_numpy(out)
+        if self.augment:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch_t[0]))
+            tiles_t = _augment(tiles_t, generator)
+        return tiles_t, self.group[batch_t]
+
+
+def pair_items(
+    tiles: dict[str, str], slide_cases: dict[str, str], case_index: dict[str, int], max_per_slide: int | None = None
+) -> list[tuple[str, int, int]]:
+    """(tiles file, row, caption index) of every usable tile of the given slides.
+
+    A slide whose case has no caption, or whose tiles file holds zero tiles, is logged by name and
+    left out (the cohort goes on).
+    """
+    from slidesnake.features.tiles import tile_count
+
+    items, empty, uncaptioned = [], [], []
+    for slide_id in sorted(tiles):
+        case_id = slide_cases.get(slide_id)
+        if case_id not in case_index:
+            uncaptioned.append(slide_id)
+            continue
+        n = tile_count(tiles[slide_id])
+        if n == 0:
+            empty.append(slide_id)
+            continue
+        rows = range(n if max_per_slide is None else min(n, max_per_slide))
+        items.extend((tiles[slide_id], r, case_index[case_id]) for r in rows)
+    if empty:
+        log.warning("%d slide(s) have zero tiles and give no pairs: %s", len(empty), ", ".join(empty))
+    if uncaptioned:
+        log.warning(
+            "%d slide(s) have no clinical caption and give no pairs: %s", len(uncaptioned), ", ".join(uncaptioned)
+        )
+    return items
+
+
+def pair_loader(
+    dataset: TilePairs, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """Batches of pairs from ``dataset``: shuffled with a fixed-seed generator, or in order."""
+    sampler: torch.utils.data.Sampler
+    if shuffle:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = torch.utils.data.SequentialSampler(dataset)
+    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=shuffle and len(dataset) >= batch_size)
+    return torch.utils.data.DataLoader(
+        dataset,
+        sampler=batches,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def hlip_step_loss(
+    towers: ClipTowers, tokens: dict[str, torch.Tensor], batch: Any, device: torch.device
+) -> torch.Tensor:
+    """The grouped CLIP loss of one (tiles, caption index) batch; each distinct caption is encoded once."""
+    images, groups = batch
+    groups = groups.to(device)
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    text = towers.text({k: v[unique].to(device) for k, v in tokens.items()})[inverse]
+    image = towers.image(towers.encoder.preprocess(images))
+    return grouped_clip_loss(image, text, towers.logit_scale(), groups)
+
+
+def hlip_params(**overrides: Any) -> ContrastiveParams:
+    """HLIP's optimisation defaults: Adam (AdamW without weight decay) at lr 1e-4, cosine decay, no warmup."""
+    base = {"epochs": 10, "lr": 1e-4, "weight_decay": 0.0, "warmup_fraction": 0.0, "patience": 3}
+    return ContrastiveParams(**{**base, **overrides})
+
+
+def tune_hlip(
+    base: str,
+    tiles: dict[str, str],
+    slide_cases: dict[str, str],
+    captions: dict[str, str],
+    splits: dict[str, str],
+    out_dir: str,
+    *,
+    name: str | None = None,
+    batch_size: int = 64,
+    params: ContrastiveParams | None = None,
+    num_workers: int = 0,
+    val_tiles_per_slide: int = 16,
+    threads: int | None = None,
+) -> list[dict[str, float]]:
+    """Tune the image and text towers of ``base`` on (tile, clinical caption) pairs of train patients
+    with the grouped symmetric CLIP loss; val patients' pairs give the early-stopping loss. Writes the
+    tuned encoder folder (open_clip or HF CLIP format, as the base) with ``training.json``.
+
+    ``tiles``: slide_id -> tiles h5; ``slide_cases``: slide_id -> case_id; ``captions``: case_id ->
+    paragraph (slidesnake/data/captions.py); ``splits``: slide_id -> train/val/test of one fold.
+    """
+    from slidesnake.data.captions import log_truncation
+    from slidesnake.features.device import select_device
+    from slidesnake.features.encoders import load_encoder
+
+    params = params or hlip_params()
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device(params.device)
+    params = ContrastiveParams(**{**asdict(params), "device": str(device)})
+    seed_all(params.seed)
+    encoder = load_encoder(base, device)
+    towers = ClipTowers(encoder)
+    case_ids = sorted(captions)
+    case_index = {c: i for i, c in enumerate(case_ids)}
+    texts = [captions[c] for c in case_ids]
+    truncated = log_truncation(texts, towers.tokenizer, "clinical captions", towers.context_length)
+    tokens = towers.tokenize(texts)
+
+    def part(split: str) -> dict[str, str]:
+        return {s: p for s, p in tiles.items() if splits.get(s) == split}
+
+    train_items = pair_items(part("train"), slide_cases, case_index)
+    val_items = pair_items(part("val"), slide_cases, case_index, max_per_slide=val_tiles_per_slide)
+    if not train_items:
+        raise HlipError(
+            "HLIP tuning has no training pairs: no train-split slide has both tiles and a clinical caption "
+            "(check the clinical table's case_id against the slide sheet, and the tiles files)"
+        )
+    if len({g for _, _, g in train_items}) < 2:
+        raise HlipError("HLIP tuning needs train pairs from at least 2 cases with captions (contrast needs negatives)")
+    size = encoder.spec.image_size
+    train_set = TilePairs(train_items, size, augment=True, seed=params.seed)
+    loader = pair_loader(train_set, batch_size, shuffle=True, seed=params.seed, num_workers=num_workers)
+    val_loader = (
+        pair_loader(TilePairs(val_items, size), batch_size, shuffle=False, seed=0, num_workers=0) if val_items else None
+    )
+
+    def validation() -> float:
+        losses, weights = [], []
+        for batch in val_loader:
+            losses.append(float(hlip_step_loss(towers, tokens, batch, device)))
+            weights.append(len(batch[1]))
+        return sum(v * w for v, w in zip(losses, weights)) / max(1, sum(weights))
+
+    start = time.monotonic()
+    history = fit_contrastive(
+        encoder,
+        encoder.model.parameters(),
+        lambda batch: hlip_step_loss(towers, tokens, batch, device),
+        lambda epoch: loader,
+        len(loader),
+        params,
+        validation if val_loader is not None else None,
+    )
+    seconds = time.monotonic() - start
+    n_train = len(train_items)
+    training = {
+        "name": name or f"hlip-{encoder.spec.name}",
+        "objective": "hlip",
+        "base": base,
+        "pairs": {"train": n_train, "val": len(val_items), "cases": len({g for _, _, g in train_items})},
+        "truncated_captions": truncated,
+        "batch_size": batch_size,
+        "params": params_record(params),
+        "seconds": seconds,
+        "pairs_per_second": n_train * len(history) / max(seconds, 1e-9),
+        "history": history,
+    }
+    save_tuned_encoder(encoder.cpu(), out_dir, training)
+    log.info("%s: tuned %s in %.0f s on %d pairs -> %s", training["name"], base, seconds, n_train, out_dir)
+    return history
+
+
+def open_clip_model_cfg(encoder: Any) -> dict[str, Any]:
+    """The open_clip model config a loaded open_clip encoder was built from (folder, tiny-clip or pair)."""
+    import json
+    from pathlib import Path
+
+    from slidesnake.features.encoders import TINY_CLIP_CFG
+
+    source = str(encoder.spec.source)
+    folder = Path(source)
+    config = (folder if folder.is_dir() else folder.parent) / "open_clip_config.json"
+    if config.is_file():
+        return json.loads(config.read_text())["model_cfg"]
+    if encoder.spec.family == "tiny":
+        return copy.deepcopy(TINY_CLIP_CFG)
+    if source.startswith("open_clip:"):
+        import open_clip
+
+        return open_clip.get_model_config(source[len("open_clip:") :].split("/")[0])
+    if source.startswith("hf-hub:"):
+        from slidesnake.features.encoders import _hub_folder
+
+        hub = _hub_folder(encoder.spec.name, source[len("hf-hub:") :], "open_clip")
+        return json.loads((hub / "open_clip_config.json").read_text())["model_cfg"]
+    raise HlipError(f"encoder '{encoder.spec.name}': cannot tell which open_clip config it was built from ({source})")
+
+
+def save_tuned_encoder(encoder: Any, out_dir: str, training: dict[str, Any]) -> None:
+    """Write a tuned encoder in its base's format, atomically, plus ``training.json``: an open_clip folder
+    (config with the base's mean/std, safetensors weights), or a CLIPModel ``save_pretrained`` folder."""
+    from pathlib import Path
+
+    from slidesnake.io.atomic import atomic_path, write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(encoder.model, "text_model"):  # Hugging Face CLIP
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            encoder.model.save_pretrained(tmp, safe_serialization=True)
+            encoder.tokenizer.save_pretrained(tmp)
+            write_json(
+                Path(tmp) / "preprocessor_config.json",
+                {"image_mean": list(encoder.spec.mean), "image_std": list(encoder.spec.std)},
+            )
+            for item in Path(tmp).iterdir():
+                shutil.move(str(item), out / item.name)
+    else:
+        import safetensors.torch
+
+        state = {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
+        with atomic_path(out / "open_clip_model.safetensors") as tmp_path:
+            safetensors.torch.save_file(state, str(tmp_path))
+        write_json(
+            out / "open_clip_config.json",
+            {
+                "model_cfg": open_clip_model_cfg(encoder),
+                "preprocess_cfg": {"mean": list(encoder.spec.mean), "std": list(encoder.spec.std)},
+            },
+        )
+    write_json(out / "training.json", training)
+
+
+def read_fold(folds_csv: str, fold: int) -> dict[str, str]:
+    """slide_id -> train/val/test of one fold of a folds.csv (slidesnake/train/splits.py)."""
+    import pandas as pd
+
+    folds = pd.read_csv(folds_csv, dtype={"slide_id": str, "case_id": str})
+    part = folds[folds["fold"] == fold]
+    if part.empty:
+        raise HlipError(
+            f"{folds_csv} has no fold {fold} (config key vl.hlip.fold); folds: {sorted(folds['fold'].unique())}"
+        )
+    return dict(zip(part["slide_id"], part["split"]))
+
+
+def tune_hlip_files(
+    base: str,
+    tile_files: list[str],
+    captions_parquet: str,
+    folds_csv: str,
+    sheet_tsv: str,
+    fold: int,
+    out_dir: str,
+    **kwargs: Any,
+) -> list[dict[str, float]]:
+    """:func:`tune_hlip` from the pipeline's files: tiles h5 per slide (named ``{slide_id}.h5``), the
+    clinical captions table, the folds and the slide sheet."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from slidesnake.sheet import read_sheet
+
+    sheet = read_sheet(sheet_tsv)
+    captions = pd.read_parquet(captions_parquet)
+    tiles = {Path(p).stem: str(p) for p in tile_files}
+    return tune_hlip(
+        base,
+        tiles,
+        dict(zip(sheet["slide_id"], sheet["case_id"])),
+        dict(zip(captions["case_id"], captions["caption"])),
+        read_fold(folds_csv, fold),
+        out_dir,
+        **kwargs,
+    )
