@@ -466,7 +466,7 @@ def run_retrieval(
     ``metrics.csv`` (and the malignancy maps); features files are named ``{slide_id}.h5``."""
     from pathlib import Path
 
-    from slidesnake.features.device import select_device
+    from slidesnake.device import select_device
     from slidesnake.features.encoders import load_encoder
     from slidesnake.io.atomic import write_csv
     from slidesnake.sheet import read_sheet
@@ -488,7 +488,7 @@ def run_retrieval(
     class_text, slide_labels = None, None
     if text_h5 and task is not None:
         from slidesnake.models.vl.zeroshot import read_text_bank, reorder
-        from slidesnake.train.tasks import class_names, load_task_labels
+        from slidesnake.tasks import class_names, load_task_labels
 
         task_obj, labels = load_task_labels(task[0], task[1], sheet_tsv, clinical=clinical_parquet)
         classes = class_names(task_obj, labels)

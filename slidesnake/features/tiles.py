@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 
 from slidesnake.io.atomic import atomic_path
+from slidesnake.io.coords import read_coords
 from slidesnake.io.slide import open_slide, read_patch, read_plan, slide_info
-from slidesnake.tissue.patching import read_coords
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slidesnake.features.device import autocast_dtype
+from slidesnake.device import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def pretrain_clip(
     import open_clip
 
     from slidesnake.data.captions_corpus import read_corpus
-    from slidesnake.features.device import select_device
+    from slidesnake.device import select_device
 
     params = params or ContrastiveParams(epochs=12, lr=2e-3, weight_decay=0.1, patience=4, max_seconds=150)
     model_cfg = copy.deepcopy(model_cfg or DEMO_CLIP_CFG)
@@ -336,7 +336,7 @@ def align_prompt_bags(
     (only train slides are trained on; val gives early stopping; test is never read). Writes the aligned
     encoder as an open_clip folder (``training.json`` names it ``name``).
     """
-    from slidesnake.features.device import select_device
+    from slidesnake.device import select_device
     from slidesnake.features.encoders import load_encoder
     from slidesnake.models.vl.cplip import positive_mask, text_bag, trainable_parameters
 
@@ -652,7 +652,7 @@ def tune_hlip(
     paragraph (slidesnake/data/captions.py); ``splits``: slide_id -> train/val/test of one fold.
     """
     from slidesnake.data.captions import log_truncation
-    from slidesnake.features.device import select_device
+    from slidesnake.device import select_device
     from slidesnake.features.encoders import load_encoder
 
     params = params or hlip_params()
