@@ -36,6 +36,33 @@ ENCODER_NAMES = (
     "prov-gigapath",
     "phikon-v2",
 )
+# Image-only encoders (no text tower; the registry's has_text_tower=False ones plus common aliases): every
+# vision-language step refuses them at parse time. tests/test_validation.py keeps them in step with the registry.
+IMAGE_ONLY_ENCODERS = frozenset(
+    {
+        "uni",
+        "uni2-h",
+        "virchow",
+        "virchow2",
+        "gigapath",
+        "prov-gigapath",
+        "ctranspath",
+        "h-optimus-0",
+        "h-optimus-1",
+        "phikon",
+        "phikon-v2",
+        "hibou-b",
+        "hibou-l",
+        "resnet50",
+        "hf-hub:mahmoodlab/uni",
+        "hf-hub:mahmoodlab/uni2-h",
+        "hf-hub:paige-ai/virchow",
+        "hf-hub:paige-ai/virchow2",
+        "hf-hub:prov-gigapath/prov-gigapath",
+        "hf-hub:bioptimus/h-optimus-0",
+        "hf-hub:owkin/phikon",
+    }
+)
 # Encoders the pipeline trains itself (rules/vl.smk): demo-clip on the demo's caption corpus (source demo),
 # '<base>-cplip' (vl.cplip), 'hlip-<base>' (HLIP tuning). Their folders are file inputs of the jobs using them.
 DEMO_ENCODER = "demo-clip"

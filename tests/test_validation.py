@@ -169,3 +169,11 @@ def test_key_finder_catches_the_known_wrong_advice() -> None:
 def test_error_messages_name_real_config_keys(path: Path) -> None:
     wrong = sorted(key for text in _message_texts(path) for key in named_keys(text) if not _schema_has(key.split(".")))
     assert not wrong, f"{path.relative_to(REPO)}: error messages name config keys the schema lacks: {wrong}"
+
+
+def test_image_only_names_cover_the_registry() -> None:
+    from slidesnake.features.encoders import REGISTRY
+    from slidesnake.naming import IMAGE_ONLY_ENCODERS
+
+    assert {name for name, spec in REGISTRY.items() if not spec.has_text_tower} <= IMAGE_ONLY_ENCODERS
+    assert not IMAGE_ONLY_ENCODERS & {name for name, spec in REGISTRY.items() if spec.has_text_tower}

@@ -24,36 +24,12 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from slidesnake.naming import IMAGE_ONLY_ENCODERS
+
 log = logging.getLogger(__name__)
 
 TOP_K: tuple[int, ...] = (1, 5, 10, 50, 100)
 FULL_SET = -1  # prompt_set id of the full synonyms × templates ensemble
-# Image-only pathology encoders: no text tower, so no zero-shot (names as users write them).
-IMAGE_ONLY: frozenset[str] = frozenset(
-    {
-        "uni",
-        "uni2-h",
-        "virchow",
-        "virchow2",
-        "gigapath",
-        "prov-gigapath",
-        "ctranspath",
-        "h-optimus-0",
-        "h-optimus-1",
-        "phikon",
-        "phikon-v2",
-        "hibou-b",
-        "hibou-l",
-        "resnet50",
-        "hf-hub:mahmoodlab/uni",
-        "hf-hub:mahmoodlab/uni2-h",
-        "hf-hub:paige-ai/virchow",
-        "hf-hub:paige-ai/virchow2",
-        "hf-hub:prov-gigapath/prov-gigapath",
-        "hf-hub:bioptimus/h-optimus-0",
-        "hf-hub:owkin/phikon",
-    }
-)
 
 
 class ZeroShotError(ValueError):
@@ -62,7 +38,7 @@ class ZeroShotError(ValueError):
 
 def check_text_tower(encoder: str) -> None:
     """Fail early for an encoder without a text tower (config key ``zeroshot.encoders``)."""
-    if encoder.strip().lower() in IMAGE_ONLY:
+    if encoder.strip().lower() in IMAGE_ONLY_ENCODERS:
         raise ZeroShotError(
             f"encoder '{encoder}' is image-only (no text tower), so it cannot score zero-shot prompts; remove it "
             "from 'zeroshot.encoders' (supervised models in 'training.models' can still use its features)"
