@@ -250,7 +250,13 @@ def test_pipeline_runs_from_a_fake_gdc_through_features(tmp_path):
     srv = FakeServer(file_hits=hits, data=data, faults={"file-1": ["drop"]}).start()
     workdir = tmp_path / "run"
     workdir.mkdir()
-    config = write_config(workdir / "config.yaml", cohort="t", source="gdc", segmentation={"preset": "biopsy"}, gdc={
+    # a real cohort's encoders: demo-clip exists only for source: demo
+    encoders = {
+        "features": {"encoders": ["tiny-clip"]},
+        "training": {"encoder": "tiny-clip"},
+        "vl": {"zeroshot": {"prompts": []}},
+    }
+    config = write_config(workdir / "config.yaml", cohort="t", source="gdc", segmentation={"preset": "biopsy"}, **encoders, gdc={
         "api": srv.url, "projects": ["TCGA-LUAD", "TCGA-LUSC"], "retries": 2, "timeout_s": 10,
         "label": {"field": "project_id", "map": {"TCGA-LUAD": "LUAD", "TCGA-LUSC": "LUSC"}}})  # fmt: skip
     try:
