@@ -32,9 +32,10 @@ def prob_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith("prob_")]
 
 
-def vl_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """AUC, balanced accuracy (scikit-learn via the shared metrics) and weighted F1."""
-    base = classification_metrics(y_true, prob)
+def vl_metrics(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+    """AUC, balanced accuracy (scikit-learn via the shared metrics) and weighted F1; with ``groups`` (folds)
+    AUC counts pairs within a fold only, as the shared metrics do."""
+    base = classification_metrics(y_true, prob, groups)
     pred = np.asarray(prob).argmax(axis=1)
     weighted = float(f1_score(y_true, pred, average="weighted", zero_division=0)) if len(y_true) else float("nan")
     return {"auc": base["auc"], "balanced_accuracy": base["balanced_accuracy"], "weighted_f1": weighted}
