@@ -7,7 +7,7 @@ CORES ?= $(shell nproc)
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint dryrun clean
+.PHONY: setup demo test test-slow lint dryrun clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,11 @@ demo: $(STAMP)
 	@cat results/demo/eval/summary.csv
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The real-SLURM run and the kill -9 recovery runs (~10 min on 2 cores); .ci/run runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SNAKEMAKE, run_snakemake
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 CONFIG = REPO / "config" / "cohorts" / "demo_small.yaml"
 COHORT = "demo_small"

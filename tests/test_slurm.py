@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import REPO, SNAKEMAKE, run_snakemake
 
-pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
+pytestmark = [pytest.mark.workflow, pytest.mark.slurm, pytest.mark.slow]
 
 CONFIG = REPO / "config" / "cohorts" / "demo_small.yaml"
 METRICS = "results/demo_small/eval/subtype/abmil/tiny-clip/metrics.csv"
