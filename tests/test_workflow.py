@@ -66,9 +66,9 @@ def test_report_figures_exist_for_every_test_slide(demo_dir: Path) -> None:
     folds = pd.read_csv(demo_dir / "results/demo/splits/subtype/folds.csv")
     test = folds[folds["split"] == "test"]
     for fold, slide_id in zip(test["fold"], test["slide_id"]):
-        png = demo_dir / f"results/demo/heatmaps/subtype/abmil/tiny-clip/fold{fold}/{slide_id}.heatmap.png"
+        png = demo_dir / f"results/demo/heatmaps/subtype/abmil/demo-clip/fold{fold}/{slide_id}.heatmap.png"
         assert png.stat().st_size > 0, png
-    assert (demo_dir / "results/demo/eval/subtype/abmil/tiny-clip/curves.png").stat().st_size > 0
+    assert (demo_dir / "results/demo/eval/subtype/abmil/demo-clip/curves.png").stat().st_size > 0
 
 
 def test_jobs_import_slidesnake_from_this_checkout(demo_dir: Path) -> None:
@@ -102,7 +102,7 @@ def test_report_has_metrics_and_qc(demo_dir: Path) -> None:
     assert "summary.csv" in html and "qc.tsv" in html and "metrics.csv" in html
     # tables shown inline (HTML pages), lists as text, images as bounded JPEG copies
     assert "summary.html" in html and "qc.html" in html and "metrics.html" in html
-    assert "['tiny-clip']" not in html and "embedded with tiny-clip" in html
+    assert "['tiny-clip']" not in html and "embedded with demo-clip" in html
     assert ".heatmap.png" not in html and ".heatmap.jpg" in html
 
 
