@@ -83,7 +83,9 @@ def test_second_run_has_nothing_to_do(demo_dir: Path) -> None:
 def test_training_parameter_reruns_only_training_and_evaluation(demo_dir: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", training={"epochs": 41})
     jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
-    assert set(jobs) == {"train", "evaluate", "summary", "curves", "heatmaps", "all"}
+    # the report's tables and heatmap pages and the VL comparison (it reads the supervised predictions) follow
+    assert set(jobs) == {"train", "evaluate", "summary", "curves", "heatmaps", "all", "report_tables",
+                         "report_heatmaps", "vl_comparison"}  # fmt: skip
     assert jobs["train"] == 5 and jobs["heatmaps"] == 5
 
 
@@ -162,7 +164,15 @@ def test_bad_slides_do_not_stop_the_cohort(demo_dir: Path, tmp_path: Path) -> No
     pd.DataFrame(rows, columns=["slide_id", "case_id", "path", "label"]).to_csv(
         tmp_path / "sheet.tsv", sep="\t", index=False
     )
-    config = write_config(tmp_path / "c.yaml", cohort="bad", source="sheet", sheet=str(tmp_path / "sheet.tsv"))
+    config = write_config(
+        tmp_path / "c.yaml",
+        cohort="bad",
+        source="sheet",
+        sheet=str(tmp_path / "sheet.tsv"),
+        features={"encoders": ["tiny-clip"]},  # demo-clip exists only for source: demo
+        training={"encoder": "tiny-clip"},
+        vl={"zeroshot": {"prompts": []}},
+    )
     run_snakemake(tmp_path, "--cores", "2", "results/bad/qc.parquet", configfile=config)
     qc = pd.read_parquet(tmp_path / "results/bad/qc.parquet").set_index("slide")
     assert qc.loc[good["slide_id"], "status"].eq("ok").all()
