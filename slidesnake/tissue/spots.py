@@ -63,7 +63,7 @@ def readable_image(path: str | os.PathLike, out: str | os.PathLike, mpp: float) 
         try:
             open_slide(path).close()
         except UnreadableSlideError:
-            pass
+            pass  # not readable as it is (e.g. one strip): converted to a pyramid below
         else:
             out.unlink(missing_ok=True)
             out.symlink_to(path.resolve())
