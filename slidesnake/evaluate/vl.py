@@ -5,7 +5,9 @@ Everything goes through the trained models' code in :mod:`slidesnake.evaluate.me
 ``metrics.csv`` of zero-shot is :func:`~slidesnake.evaluate.metrics.evaluate_tables` of its test folds;
 the comparison and the sweep use its per-patient table (mean of a patient's slide probabilities) and
 its stratified bootstrap, with AUC, balanced accuracy and weighted F1 (95% CIs). They pool patients
-over folds: a zero-shot scorer puts every slide on one scale.
+over folds, as one zero-shot scorer puts every slide on one scale; the supervised rows of the comparison
+are pooled the same way (so their AUC can differ from the "pooled" row of their metrics.csv, which
+counts pairs within a fold only).
 """
 
 from __future__ import annotations
