@@ -239,3 +239,77 @@ def test_text_h5_records_synonym_and_template_of_every_prompt(tmp_path):
     assert bank.synonym_index.tolist() == [0, 0, 1, 1, 0]
     assert bank.template_index.tolist() == [0, 1, 0, 1, 0]
     assert bank.logit_scale > 1
+
+
+def _reference_scores(features, bank, params):
+    """Straightforward per slide, per prompt set, per K: the scores score_cohort must reproduce."""
+    masks = [None] + prompt_sets(bank, params.n_prompt_sets, params.seed)
+    ks = sorted(set(params.ks) | {params.top_k})
+    rows, tiles = [], {}
+    for slide_id, path in features.items():
+        with h5py.File(path) as f:
+            feats, coords = f["features"][()].astype(np.float64), f["coords"][()]
+        if not len(feats):
+            continue
+        feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        for s, mask in enumerate(masks):
+            logits = feats @ class_weights(bank, mask).T.astype(np.float64)
+            if params.smoothing_k:
+                dist = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)
+                logits = logits[np.argsort(dist, axis=1)[:, : params.smoothing_k + 1]].mean(axis=1)
+            if s == 0:
+                tiles[slide_id] = logits
+            for k in ks:
+                top = np.sort(logits, axis=0)[::-1][: min(k, len(logits))].mean(axis=0) * bank.logit_scale
+                prob = np.exp(top - top.max()) / np.exp(top - top.max()).sum()
+                rows.append({"slide_id": slide_id, "prompt_set": s - 1, "k": k, "prob_c0": prob[0], "prob_c1": prob[1]})
+    return pd.DataFrame(rows), tiles
+
+
+@pytest.mark.parametrize("smoothing_k", [0, 3])
+def test_blocked_prefetching_scorer_matches_a_per_slide_per_prompt_set_reference(tmp_path, monkeypatch, smoothing_k):
+    """Slides share blocks (one matmul each), blocks are reused while the reader fills the next, a slide
+    larger than a block gets its own, an empty slide is skipped: none of it changes a score."""
+    import slidesnake.models.vl.zeroshot as zeroshot
+
+    monkeypatch.setattr(zeroshot, "CHUNK_TILES", 64)
+    bank = _bank(dim=16)
+    rng = np.random.default_rng(3)
+    features = {}
+    for i, n in enumerate([30, 20, 40, 0, 150, 7, 64, 1, 33, 25]):
+        path = tmp_path / f"S{i}.h5"
+        _write_features(path, rng.normal(size=(n, 16)), coords=rng.permutation(10_000)[: 2 * n].reshape(n, 2))
+        features[f"S{i}"] = str(path)
+    params = ZeroShotParams(top_k=5, n_prompt_sets=6, seed=1, smoothing_k=smoothing_k)
+    got = score_cohort(features, bank, params, tmp_path / "tiles.h5")
+    expected, tiles = _reference_scores(features, bank, params)
+    assert "S3" not in set(got["slide_id"])  # no patches: not scored
+    key = ["slide_id", "prompt_set", "k"]
+    merged = expected.merge(got, on=key, suffixes=("", "_got"), validate="one_to_one")
+    assert len(merged) == len(expected) == len(got)
+    for column in ("prob_c0", "prob_c1"):
+        np.testing.assert_allclose(merged[f"{column}_got"], merged[column], rtol=1e-4, atol=1e-6)
+    with h5py.File(tmp_path / "tiles.h5") as f:
+        for slide_id, logits in tiles.items():
+            np.testing.assert_allclose(f[f"{slide_id}/logits"][()], logits, atol=1e-5)
+
+
+def test_a_feature_block_stays_intact_while_the_reader_fills_the_next(tmp_path):
+    """The prefetching scorer multiplies block k while block k + 1 is read: reading k + 1 must not touch k."""
+    from slidesnake.models.vl.zeroshot import read_feature_chunks
+
+    rng = np.random.default_rng(4)
+    features = {}
+    for i in range(9):
+        _write_features(tmp_path / f"S{i}.h5", rng.normal(size=(20, 16)))
+        features[f"S{i}"] = str(tmp_path / f"S{i}.h5")
+    previous = None
+    chunks = read_feature_chunks(features, 16, chunk_tiles=45)
+    for chunk in chunks:
+        assert chunk.offsets == [0, 20, 40] or chunk.slide_ids == ["S8"]  # two 20-tile slides fit in 45 rows
+        if previous is not None:
+            np.testing.assert_array_equal(previous[0].features, previous[1])
+        for i, slide_id in enumerate(chunk.slide_ids):
+            expected = read_slide_features(features[slide_id], 16)[0]
+            np.testing.assert_array_equal(chunk.features[chunk.offsets[i] : chunk.offsets[i + 1]], expected)
+        previous = (chunk, chunk.features.copy())

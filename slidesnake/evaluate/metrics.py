@@ -11,7 +11,7 @@ C-index count only pairs within one fold: scores of different fold models are no
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -232,8 +232,21 @@ def per_patient(task: Task, predictions: pd.DataFrame) -> pd.DataFrame:
 def evaluate_predictions(
     task: Task, prediction_files: list[str], n_bootstrap: int = 1000, seed: int = 0, unit: str = "patient"
 ) -> pd.DataFrame:
-    """Score the test split of each fold's predictions: one row per fold, rows "mean" and "std" over
-    folds, and a row "pooled" over all folds' test predictions (pairs within a fold for AUC, C-index).
+    """Score the test split of each fold's predictions file: :func:`evaluate_tables` of the files."""
+    tables = ((str(path), pd.read_parquet(path)) for path in prediction_files)
+    return evaluate_tables(task, tables, n_bootstrap=n_bootstrap, seed=seed, unit=unit)
+
+
+def evaluate_tables(
+    task: Task,
+    tables: Iterable[tuple[str, pd.DataFrame]],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    unit: str = "patient",
+) -> pd.DataFrame:
+    """Score the test split of each fold's predictions (``(name, table)`` pairs, one per fold): one row per
+    fold, rows "mean" and "std" over folds, and a row "pooled" over all folds' test predictions (pairs
+    within a fold for AUC, C-index).
 
     ``unit`` "patient" (default) averages each patient's slide scores first; "slide" scores slides.
     Columns: fold, n (test patients or slides), each metric, and ``<metric>_ci_low`` / ``_ci_high``
@@ -243,11 +256,10 @@ def evaluate_predictions(
         raise InputError(f"evaluation.unit is {unit!r}; use one of {UNITS}")
     metrics_fn = task_metrics(task)
     rows, pooled = [], []
-    for path in prediction_files:
-        predictions = pd.read_parquet(path)
+    for name, predictions in tables:
         test = predictions[predictions["split"] == "test"]
         if test.empty:
-            log.warning("%s has no test rows; fold skipped", path)
+            log.warning("%s has no test rows; fold skipped", name)
             continue
         if unit == "patient":
             test = per_patient(task, test)
@@ -266,11 +278,23 @@ def evaluate_predictions(
 
 
 def _scored(task: Task, test: pd.DataFrame, metrics_fn, n_bootstrap: int, seed: int) -> dict[str, float]:
-    """Metric values and bootstrap CIs of one set of test predictions (one row per unit)."""
-    y_true, scores = target_array(task, test), score_array(task, test)
+    """Metric values and bootstrap CIs of one set of test predictions (one row per unit; folds as groups)."""
     groups = test["fold"].to_numpy() if "fold" in test.columns else None
-    row: dict[str, float] = {"n": len(test), **metrics_fn(y_true, scores, groups)}
-    ci = _bootstrap_many(y_true, scores, metrics_fn, n_bootstrap, seed, 0.05, groups)
-    for key, (low, high) in ci.items():
+    scored = metrics_with_ci(target_array(task, test), score_array(task, test), metrics_fn, n_bootstrap, seed, groups)
+    return {"n": len(test), **scored}
+
+
+def metrics_with_ci(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    metrics_fn: Callable[..., dict[str, float]],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> dict[str, float]:
+    """``metrics_fn(y_true, scores, groups)`` and, for ``n_bootstrap`` > 0, each metric's stratified
+    bootstrap 95% CI as ``<metric>_ci_low`` / ``<metric>_ci_high`` (resampling the rows: the unit)."""
+    row = dict(metrics_fn(y_true, scores, groups))
+    for key, (low, high) in _bootstrap_many(y_true, scores, metrics_fn, n_bootstrap, seed, 0.05, groups).items():
         row[f"{key}_ci_low"], row[f"{key}_ci_high"] = low, high
     return row

@@ -1,35 +1,39 @@
 """Evaluation of the vision-language models: the zero-shot K sweep and prompt-set spread, tile-level
 zero-shot on held-out synthetic tiles of known class, and the per-patient comparison table.
 
-Slide-level ``metrics.csv`` of zero-shot goes through the same code as trained models
-(:func:`slidesnake.evaluate.metrics.evaluate_predictions`, one table per test fold). The comparison
-here is **per patient** (mean of a patient's slide probabilities; bootstrap stratified by class over
-patients): AUC, balanced accuracy and weighted F1 with 95% CIs.
+Everything goes through the trained models' code in :mod:`slidesnake.evaluate.metrics`: slide-level
+``metrics.csv`` of zero-shot is :func:`~slidesnake.evaluate.metrics.evaluate_tables` of its test folds;
+the comparison and the sweep use its per-patient table (mean of a patient's slide probabilities) and
+its stratified bootstrap, with AUC, balanced accuracy and weighted F1 (95% CIs). They pool patients
+over folds, as one zero-shot scorer puts every slide on one scale; the supervised rows of the comparison
+are pooled the same way (so their AUC can differ from the "pooled" row of their metrics.csv, which
+counts pairs within a fold only).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from slidesnake.evaluate.metrics import _bootstrap_many, classification_metrics, evaluate_predictions
+from slidesnake.evaluate.metrics import (
+    classification_metrics,
+    evaluate_tables,
+    metrics_with_ci,
+    per_patient,
+    score_array,
+    target_array,
+)
 from slidesnake.models.vl.zeroshot import FULL_SET, TextBank, class_weights
 from slidesnake.tasks import Task
 
 log = logging.getLogger(__name__)
 
 COMPARED = ("auc", "balanced_accuracy", "weighted_f1")
-
-
-def prob_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("prob_")]
 
 
 def vl_metrics(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
@@ -41,36 +45,25 @@ def vl_metrics(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray | None =
     return {"auc": base["auc"], "balanced_accuracy": base["balanced_accuracy"], "weighted_f1": weighted}
 
 
-def per_patient(predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient: mean of its slides' prob_ columns, its target (one label per patient)."""
-    columns = prob_columns(predictions)
-    grouped = predictions.groupby("case_id", sort=True)
-    out = grouped[columns].mean()
-    out["target"] = grouped["target"].first()
-    return out.reset_index()
+def _patients(predictions: pd.DataFrame, task: str) -> tuple[Task, pd.DataFrame]:
+    """The classification task and its per-patient table pooled over folds (no fold key)."""
+    spec = Task(task, "classification")
+    return spec, per_patient(spec, predictions.drop(columns="fold", errors="ignore"))
 
 
-def patient_metrics(predictions: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+def patient_metrics(
+    predictions: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0, task: str = "zeroshot"
+) -> dict[str, float]:
     """Per-patient :func:`vl_metrics` with bootstrap 95% CIs (``<metric>_ci_low/high``) and ``n_patients``."""
-    patients = per_patient(predictions)
-    y, prob = patients["target"].to_numpy(int), patients[prob_columns(patients)].to_numpy(float)
-    row: dict[str, float] = {"n_patients": len(patients), "n_slides": len(predictions), **vl_metrics(y, prob)}
-    if n_bootstrap:
-        for key, (low, high) in _bootstrap_many(y, prob, vl_metrics, n_bootstrap, seed, 0.05).items():
-            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = low, high
-    return row
+    spec, patients = _patients(predictions, task)
+    scored = metrics_with_ci(target_array(spec, patients), score_array(spec, patients), vl_metrics, n_bootstrap, seed)
+    return {"n_patients": len(patients), "n_slides": len(predictions), **scored}
 
 
 def fold_metrics(task: Task, predictions: pd.DataFrame, n_bootstrap: int, seed: int) -> pd.DataFrame:
-    """The trained models' metrics table (per fold, mean, std, pooled) for a one-file zero-shot table,
-    through the unchanged :func:`evaluate_predictions` (it reads one predictions file per fold)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for fold, part in predictions.groupby("fold", sort=True):
-            path = Path(tmp) / f"fold{fold}.parquet"
-            part.to_parquet(path)
-            files.append(str(path))
-        return evaluate_predictions(task, files, n_bootstrap=n_bootstrap, seed=seed)
+    """The trained models' metrics table (per fold, mean, std, pooled) of a one-file zero-shot table."""
+    folds = ((f"fold {fold}", part) for fold, part in predictions.groupby("fold", sort=True))
+    return evaluate_tables(task, folds, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def sweep_table(scores: pd.DataFrame, labels: pd.DataFrame, slides: Sequence[str] | None = None) -> pd.DataFrame:
@@ -83,10 +76,8 @@ def sweep_table(scores: pd.DataFrame, labels: pd.DataFrame, slides: Sequence[str
     for k, by_k in frame.groupby("k", sort=True):
         values: dict[int, dict[str, float]] = {}
         for prompt_set, part in by_k.groupby("prompt_set"):
-            patients = per_patient(part)
-            values[int(prompt_set)] = vl_metrics(
-                patients["target"].to_numpy(int), patients[prob_columns(patients)].to_numpy(float)
-            )
+            spec, patients = _patients(part, "zeroshot")
+            values[int(prompt_set)] = vl_metrics(target_array(spec, patients), score_array(spec, patients))
         row: dict[str, float] = {"k": int(k), "n_prompt_sets": len(values) - (FULL_SET in values)}
         sampled = [v for s, v in values.items() if s != FULL_SET]
         for metric in COMPARED:
@@ -121,11 +112,8 @@ def tile_zeroshot(
     rows = []
     for mag in [*sorted(set(mags[keep].tolist())), "all"]:
         sel = keep & ((mags == mag) if mag != "all" else True)
-        row: dict[str, object] = {"magnification": mag, "n_tiles": int(sel.sum()), **vl_metrics(y[sel], prob[sel])}
-        if n_bootstrap:
-            for key, (low, high) in _bootstrap_many(y[sel], prob[sel], vl_metrics, n_bootstrap, seed, 0.05).items():
-                row[f"{key}_ci_low"], row[f"{key}_ci_high"] = low, high
-        rows.append(row)
+        scored = metrics_with_ci(y[sel], prob[sel], vl_metrics, n_bootstrap, seed)
+        rows.append({"magnification": mag, "n_tiles": int(sel.sum()), **scored})
     return pd.DataFrame(rows)
 
 
@@ -160,9 +148,10 @@ def comparison_table(
         for key in keys:
             table = tables[key]
             row: dict[str, object] = {"task": key[0], "model": key[1], "encoder": key[2]}
-            row.update(patient_metrics(table, n_bootstrap, seed))
+            row.update(patient_metrics(table, n_bootstrap, seed, task))
             if len(common) < len(table):
-                for name, value in patient_metrics(table[table["slide_id"].isin(common)], n_bootstrap, seed).items():
+                on_common = patient_metrics(table[table["slide_id"].isin(common)], n_bootstrap, seed, task)
+                for name, value in on_common.items():
                     row[f"{name}_common"] = value
             if key in tiles:
                 every = tiles[key].set_index("magnification").loc["all"]

@@ -5,8 +5,11 @@ tile logit = cosine(tile, class weight); slide score per class = mean of the top
 every K in ``TOP_K`` at once (one partition, one sort of the top rows, one cumulative sum); slide
 probabilities = softmax(exp(logit_scale) × score). MI-Zero's prompt-set sampling (one synonym per
 class + a random subset of templates, fixed seeds) runs in the same matrix product: the weights of
-every set are stacked, so 50 sets cost one matmul of the slide's features. Optional k-NN smoothing
-averages each tile's logits with its k nearest tiles by coordinates.
+every set are stacked, so 50 sets cost one matmul of the slide's features. A cohort is scored in
+blocks of consecutive slides (one matmul per block of ``CHUNK_TILES`` rows, read by a prefetching
+thread while the previous block is multiplied), so scoring from stored features costs about the reads
+plus the arithmetic. Optional k-NN smoothing averages each tile's logits with its k nearest tiles by
+coordinates.
 
 K is never chosen on test slides: the predictions use the configured K, or (``top_k="val"``) the K
 with the best balanced accuracy on each fold's validation slides, applied to that fold's test slides.
@@ -17,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import h5py
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TOP_K: tuple[int, ...] = (1, 5, 10, 50, 100)
 FULL_SET = -1  # prompt_set id of the full synonyms × templates ensemble
+CHUNK_TILES = 16_384  # rows of one block of consecutive slides' features, scored by one matmul
 
 
 class ZeroShotError(ValueError):
@@ -133,24 +138,82 @@ def stacked_weights(bank: TextBank, n_sets: int, seed: int) -> np.ndarray:
     return np.stack([class_weights(bank)] + [class_weights(bank, m) for m in prompt_sets(bank, n_sets, seed)])
 
 
-def read_slide_features(path: str | os.PathLike, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised (N, D) features and (N, 2) coords; errors for unprojected or mismatched features."""
-    with h5py.File(path, "r") as f:
-        if "projected" in f.attrs and not bool(f.attrs["projected"]):
-            raise ZeroShotError(
-                f"{path}: features of encoder '{f.attrs.get('encoder', '?')}' are stored before the projection into "
-                "the joint image-text space (attrs projected=False); zero-shot needs projected features: rerun its "
-                "features job with an encoder entry that projects (DESIGN §3)"
-            )
-        features = f["features"][()].astype(np.float32)
-        coords = f["coords"][()].reshape(-1, 2)
-    if dim is not None and len(features) and features.shape[1] != dim:
+def _checked_features(f: h5py.File, path: str | os.PathLike, dim: int | None) -> h5py.Dataset:
+    """The ``features`` dataset of an open features h5, after the projection and dimension checks."""
+    if not bool(f.attrs.get("projected", True)):
+        raise ZeroShotError(
+            f"{path}: features of encoder '{f.attrs.get('encoder', '?')}' are stored before the projection into "
+            "the joint image-text space (attrs projected=False); zero-shot needs projected features: rerun its "
+            "features job with an encoder entry that projects (DESIGN §3)"
+        )
+    features = f["features"]
+    if dim is not None and features.shape[0] and features.shape[1] != dim:
         raise ZeroShotError(
             f"{path}: features have D={features.shape[1]} but the text embeddings have D={dim}; features and prompts "
             "must come from the same encoder"
         )
-    norm = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norm, 1e-12), coords
+    return features
+
+
+def _normalise_rows(features: np.ndarray) -> np.ndarray:
+    """L2-normalise the rows of ``features`` in place (zero rows stay zero)."""
+    features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return features
+
+
+def read_slide_features(path: str | os.PathLike, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised (N, D) features and (N, 2) coords; errors for unprojected or mismatched features."""
+    with h5py.File(path, "r") as f:
+        features = _checked_features(f, path, dim)[()].astype(np.float32, copy=False)
+        coords = f["coords"][()].reshape(-1, 2)
+    return _normalise_rows(features), coords
+
+
+@dataclass
+class FeatureChunk:
+    """L2-normalised features of consecutive slides in one (n, D) block: slide i is rows
+    ``offsets[i]:offsets[i + 1]``; ``coords[i]`` its (N_i, 2) coordinates."""
+
+    features: np.ndarray
+    slide_ids: list[str]
+    offsets: list[int]
+    coords: list[np.ndarray]
+
+
+def read_feature_chunks(
+    features: Mapping[str, str | os.PathLike], dim: int, chunk_tiles: int = 16_384, n_buffers: int = 2
+) -> Iterator[FeatureChunk]:
+    """Every slide's features, read straight into ``n_buffers`` reused (chunk_tiles, D) blocks in turn, so
+    10,000 slides cost no allocation per slide and one matmul per block. A chunk's block is overwritten
+    ``n_buffers - 1`` chunks later (a prefetching reader may fill the next one meanwhile). Slides
+    without patches are skipped with a warning; a slide larger than a block comes in a block of its own."""
+    buffers = [np.empty((chunk_tiles, dim), np.float32) for _ in range(n_buffers)]
+    turn = 0
+    chunk = FeatureChunk(buffers[0], [], [0], [])
+    for slide_id, path in features.items():
+        with h5py.File(path, "r") as f:
+            data = _checked_features(f, path, dim)
+            n = int(data.shape[0])
+            if not n:
+                log.warning("%s: no patches; slide %s not scored", path, slide_id)
+                continue
+            if chunk.offsets[-1] + n > chunk_tiles and chunk.slide_ids:
+                chunk.features = chunk.features[: chunk.offsets[-1]]
+                yield chunk
+                turn = (turn + 1) % n_buffers
+                chunk = FeatureChunk(buffers[turn], [], [0], [])
+            if n > chunk_tiles:  # one slide larger than a block: its own array
+                chunk.features = np.empty((n, dim), np.float32)
+            start = chunk.offsets[-1]
+            block = chunk.features[start : start + n]
+            data.read_direct(block)
+            chunk.coords.append(f["coords"][()].reshape(-1, 2))
+        _normalise_rows(block)
+        chunk.slide_ids.append(slide_id)
+        chunk.offsets.append(start + n)
+    if chunk.slide_ids:
+        chunk.features = chunk.features[: chunk.offsets[-1]]
+        yield chunk
 
 
 def smooth_logits(logits: np.ndarray, coords: np.ndarray, k: int = 8) -> np.ndarray:
@@ -173,16 +236,29 @@ def topk_means(logits: np.ndarray, ks: Sequence[int]) -> np.ndarray:
     return np.stack([csum[min(k, n) - 1] / min(k, n) for k in ks])
 
 
+def flat_weights(weights: np.ndarray) -> np.ndarray:
+    """(D, n_sets * C) contiguous right-hand side of the tile-logit matmul, built once per cohort."""
+    n_sets, n_classes, dim = weights.shape
+    return np.ascontiguousarray(weights.reshape(n_sets * n_classes, dim).T)
+
+
+def pool_logits(
+    logits: np.ndarray, coords: np.ndarray, n_classes: int, ks: Sequence[int], smoothing_k: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled scores (len(ks), n_sets, C) and the full set's tile logits (N, C) of one slide's (N, n_sets * C)
+    tile logits (every prompt set's columns side by side, the full set first)."""
+    if smoothing_k:
+        logits = smooth_logits(logits, coords, smoothing_k)
+    pooled = topk_means(logits, ks).reshape(len(ks), -1, n_classes)
+    return pooled, logits[:, :n_classes]
+
+
 def score_slide(
     features: np.ndarray, coords: np.ndarray, weights: np.ndarray, ks: Sequence[int], smoothing_k: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled scores (len(ks), n_sets, C) and the full set's tile logits (N, C) of one slide."""
-    n_sets, n_classes, dim = weights.shape
-    logits = features @ weights.reshape(n_sets * n_classes, dim).T  # one matmul for every prompt set
-    if smoothing_k:
-        logits = smooth_logits(logits, coords, smoothing_k)
-    pooled = topk_means(logits, ks).reshape(len(ks), n_sets, n_classes)
-    return pooled, logits[:, :n_classes]
+    logits = features @ flat_weights(weights)  # one matmul for every prompt set
+    return pool_logits(logits, coords, weights.shape[1], ks, smoothing_k)
 
 
 def softmax(scores: np.ndarray, scale: float) -> np.ndarray:
@@ -211,18 +287,26 @@ def score_cohort(
     prob_<class>; optionally the full set's per-tile logits into ``tile_scores_h5`` (one group per slide)."""
     ks = tuple(sorted(set(params.ks) | ({params.top_k} if isinstance(params.top_k, int) else set())))
     weights = stacked_weights(bank, params.n_prompt_sets, params.seed)
+    rhs = flat_weights(weights)
+    n_classes = len(bank.classes)
     scale = bank.logit_scale  # stored already exponentiated (Encoder.logit_scale)
     scored, probs, tiles = [], [], {}
-    for slide_id, path in features.items():
-        feats, coords = read_slide_features(path, bank.embeddings.shape[1])
-        if not len(feats):
-            log.warning("%s: no patches; slide %s not scored", path, slide_id)
-            continue
-        pooled, tile_logits = score_slide(feats, coords, weights, ks, params.smoothing_k)
-        scored.append(slide_id)
-        probs.append(pooled)
-        if tile_scores_h5 is not None:
-            tiles[slide_id] = (coords, tile_logits)
+    # A reader thread fills the next block while this one multiplies (NumPy and BLAS release the GIL),
+    # so the matmul hides behind the reads; one matmul per block, not per slide: per-slide products
+    # are too small for BLAS, whose threads then cost more than they save.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        chunks = read_feature_chunks(features, bank.embeddings.shape[1], CHUNK_TILES)
+        pending = reader.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = reader.submit(next, chunks, None)
+            logits = chunk.features @ rhs
+            for i, slide_id in enumerate(chunk.slide_ids):
+                part = logits[chunk.offsets[i] : chunk.offsets[i + 1]]
+                pooled, tile_logits = pool_logits(part, chunk.coords[i], n_classes, ks, params.smoothing_k)
+                scored.append(slide_id)
+                probs.append(pooled)
+                if tile_scores_h5 is not None:
+                    tiles[slide_id] = (chunk.coords[i], tile_logits.copy())  # not a view of every set's logits
     if not scored:
         raise ZeroShotError(f"no slide has patches among {len(features)} feature files; nothing to score")
     if tile_scores_h5 is not None:
