@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from slidesnake.evaluate.metrics import evaluate_predictions
-from slidesnake.evaluate.vl import fold_metrics, patient_metrics, sweep_table, tile_zeroshot
+from slidesnake.evaluate.vl import comparison_table, fold_metrics, patient_metrics, sweep_table, tile_zeroshot
 from slidesnake.models.vl.zeroshot import FULL_SET, TextBank
 from slidesnake.tasks import Task
 
@@ -36,6 +36,30 @@ def test_patient_metrics_score_patient_means_pooled_over_folds():
     assert row["weighted_f1"] == pytest.approx(f1_score(targets, pred, average="weighted"))
     assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
     assert not any(key.endswith("_ci_low") for key in patient_metrics(frame, n_bootstrap=0))
+
+
+def test_supervised_comparison_rows_count_auc_pairs_within_folds_as_metrics_csv(tmp_path):
+    # The same predictions as one zero-shot table (pooled: AUC < 1) and as a supervised model's fold files
+    # (each fold ranks perfectly: its five fold models' scales must not be compared, so AUC = 1, equal to
+    # the pooled row of the model's own metrics.csv).
+    probs, targets, folds = [0.2, 0.4, 0.6, 0.8, 0.45], [0, 1, 0, 1, 0], [0, 0, 1, 1, 1]
+    frame = _predictions(probs, targets, folds)
+    frame.to_parquet(tmp_path / "zeroshot.parquet")
+    files = []
+    for fold, part in frame.groupby("fold"):
+        files.append(str(tmp_path / f"fold{fold}.parquet"))
+        part.to_parquet(files[-1])
+    table = comparison_table(
+        [("subtype", "zeroshot-demo", "enc", tmp_path / "zeroshot.parquet", None)],
+        [("subtype", "abmil", "enc", files)],
+        n_bootstrap=20,
+    ).set_index("model")
+    own = evaluate_predictions(Task("subtype", "classification", classes=("A", "B")), files, n_bootstrap=0)
+    assert table.at["zeroshot-demo", "auc"] == pytest.approx(roc_auc_score(targets, probs))
+    assert table.at["zeroshot-demo", "auc"] < 1
+    assert table.at["abmil", "auc"] == pytest.approx(own.set_index("fold").at["pooled", "auc"])
+    assert table.at["abmil", "auc"] == 1.0
+    assert table.at["abmil", "n_patients"] == 5
 
 
 def test_fold_metrics_are_the_trained_models_table_of_the_same_predictions(tmp_path):

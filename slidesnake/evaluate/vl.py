@@ -4,10 +4,10 @@ zero-shot on held-out synthetic tiles of known class, and the per-patient compar
 Everything goes through the trained models' code in :mod:`slidesnake.evaluate.metrics`: slide-level
 ``metrics.csv`` of zero-shot is :func:`~slidesnake.evaluate.metrics.evaluate_tables` of its test folds;
 the comparison and the sweep use its per-patient table (mean of a patient's slide probabilities) and
-its stratified bootstrap, with AUC, balanced accuracy and weighted F1 (95% CIs). They pool patients
-over folds, as one zero-shot scorer puts every slide on one scale; the supervised rows of the comparison
-are pooled the same way (so their AUC can differ from the "pooled" row of their metrics.csv, which
-counts pairs within a fold only).
+its stratified bootstrap, with AUC, balanced accuracy and weighted F1 (95% CIs). Zero-shot rows pool
+patients over folds, as one zero-shot scorer puts every slide on one scale; the supervised rows of the
+comparison keep their folds, and their AUC counts positive/negative pairs within a fold only (five fold
+models' scores are not on one scale), as the "pooled" row of their metrics.csv does.
 """
 
 from __future__ import annotations
@@ -45,18 +45,26 @@ def vl_metrics(y_true: np.ndarray, prob: np.ndarray, groups: np.ndarray | None =
     return {"auc": base["auc"], "balanced_accuracy": base["balanced_accuracy"], "weighted_f1": weighted}
 
 
-def _patients(predictions: pd.DataFrame, task: str) -> tuple[Task, pd.DataFrame]:
-    """The classification task and its per-patient table pooled over folds (no fold key)."""
+def _patients(predictions: pd.DataFrame, task: str, by_fold: bool = False) -> tuple[Task, pd.DataFrame]:
+    """The classification task and its per-patient table: pooled over folds (no fold key), or per
+    (fold, patient) with ``by_fold``."""
     spec = Task(task, "classification")
-    return spec, per_patient(spec, predictions.drop(columns="fold", errors="ignore"))
+    if not by_fold:
+        predictions = predictions.drop(columns="fold", errors="ignore")
+    return spec, per_patient(spec, predictions)
 
 
 def patient_metrics(
-    predictions: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0, task: str = "zeroshot"
+    predictions: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0, task: str = "zeroshot", by_fold: bool = False
 ) -> dict[str, float]:
-    """Per-patient :func:`vl_metrics` with bootstrap 95% CIs (``<metric>_ci_low/high``) and ``n_patients``."""
-    spec, patients = _patients(predictions, task)
-    scored = metrics_with_ci(target_array(spec, patients), score_array(spec, patients), vl_metrics, n_bootstrap, seed)
+    """Per-patient :func:`vl_metrics` with bootstrap 95% CIs (``<metric>_ci_low/high``) and ``n_patients``.
+
+    ``by_fold``: the predictions come from one model per fold, so AUC counts pairs within a fold only.
+    """
+    spec, patients = _patients(predictions, task, by_fold)
+    groups = patients["fold"].to_numpy() if by_fold else None
+    y_true, scores = target_array(spec, patients), score_array(spec, patients)
+    scored = metrics_with_ci(y_true, scores, vl_metrics, n_bootstrap, seed, groups)
     return {"n_patients": len(patients), "n_slides": len(predictions), **scored}
 
 
@@ -133,6 +141,7 @@ def comparison_table(
     """
     tables: dict[tuple[str, str, str], pd.DataFrame] = {}
     tiles: dict[tuple[str, str, str], pd.DataFrame] = {}
+    per_fold = {(task, model, encoder) for task, model, encoder, _ in supervised}
     for task, model, encoder, path, tile_csv in zeroshot:
         tables[(task, model, encoder)] = pd.read_parquet(path)
         if tile_csv is not None:
@@ -148,9 +157,10 @@ def comparison_table(
         for key in keys:
             table = tables[key]
             row: dict[str, object] = {"task": key[0], "model": key[1], "encoder": key[2]}
-            row.update(patient_metrics(table, n_bootstrap, seed, task))
+            by_fold = key in per_fold
+            row.update(patient_metrics(table, n_bootstrap, seed, task, by_fold))
             if len(common) < len(table):
-                on_common = patient_metrics(table[table["slide_id"].isin(common)], n_bootstrap, seed, task)
+                on_common = patient_metrics(table[table["slide_id"].isin(common)], n_bootstrap, seed, task, by_fold)
                 for name, value in on_common.items():
                     row[f"{name}_common"] = value
             if key in tiles:
