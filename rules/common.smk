@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from slidesnake.naming import encoder_slug
+from slidesnake.naming import DEMO_ENCODER_SOURCES, encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
 from slidesnake.validation import check_names, parquet_columns
 
@@ -325,6 +325,7 @@ def expression_fold_inputs(wildcards):
     }
     if expression_tuned() and wildcards.model != "ridge":
         files["tiles"] = expand("results/{cohort}/tiles/spots/{sample}.h5", cohort=COHORT, sample=VISIUM_SAMPLES)
+        files["trained"] = text_trained_encoder(wildcards)
     return files
 
 
@@ -373,9 +374,10 @@ def expression_targets():
 VL = config["vl"]
 ZS = VL["zeroshot"]
 CPLIP = VL["cplip"]
-# Encoders the pipeline trains itself: name -> folder. demo-clip needs the demo generator (its corpus).
+# Encoders the pipeline trains itself: name -> folder. demo-clip needs the demo generator (its corpus), so
+# only the synthetic sources (the demo, the synthetic Visium demo) have it.
 PIPELINE_ENCODERS = {}
-if SOURCE == "demo":
+if SOURCE in DEMO_ENCODER_SOURCES:
     PIPELINE_ENCODERS["demo-clip"] = f"results/{COHORT}/encoders/demo-clip"
 CPLIP_NAME = f"{encoder_slug(CPLIP['base'])}-cplip"
 if CPLIP["enabled"]:

@@ -61,10 +61,11 @@ rule spot_features:
     input:
         spots="results/{cohort}/patches/spots/{sample}.h5",
         image="results/{cohort}/visium/images/{sample}.tif",
+        trained=features_trained_encoders,
     output:
         expand("results/{{cohort}}/features/{encoder}/spots/{{sample}}.h5", encoder=list(ENCODERS)),
     params:
-        encoders=list(ENCODERS.values()),
+        encoders=encoder_sources(),
         batch_size=FEATURES["batch_size"],
         num_workers=FEATURES["num_workers"],
         device=FEATURES["device"],
@@ -130,7 +131,7 @@ rule expression_fold:
         model="bleep|heclip|ridge",
     params:
         samples=VISIUM_SAMPLES,
-        encoder=encoder_name,
+        encoder=text_encoder_source,
         expression=sorted_keys(_EX),
     threads: _EX.get("threads", 2)
     resources:

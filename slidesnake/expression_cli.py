@@ -78,17 +78,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
+    from slidesnake.io.atomic import atomic_path
     from slidesnake.models.expression.fold import predict_bundle
-    from slidesnake.tissue.spots import barcodes_of_features
+    from slidesnake.tissue.spots import barcodes_of_features, read_spot_coords
 
     bundle = torch.load(args.model, weights_only=False)
-    feats, barcodes = barcodes_of_features(args.features, args.spots)
-    pred = predict_bundle(bundle, feats, k=args.top_k, method=args.retrieval)
+    tuned = bundle["model"] != "ridge" and bundle["config"].get("tune", "frozen") != "frozen"
+    if tuned:
+        if not args.tiles:
+            raise ValueError(f"{args.model}: its image tower was tuned ({bundle['config']['tune']}); pass --tiles")
+        from slidesnake.features.encoders import load_encoder
+
+        encoder = load_encoder(args.encoder or bundle["encoder"], args.device)
+        _, barcodes, _ = read_spot_coords(args.tiles)
+        pred = predict_bundle(bundle, tiles=args.tiles, encoder=encoder, k=args.top_k, method=args.retrieval,
+                              device=args.device)  # fmt: skip
+    else:
+        if not (args.features and args.spots):
+            raise ValueError(f"{args.model}: a {bundle['model']} model on frozen features needs --features and --spots")
+        feats, barcodes = barcodes_of_features(args.features, args.spots)
+        pred = predict_bundle(bundle, feats, k=args.top_k, method=args.retrieval)
     out = ad.AnnData(
         np.asarray(pred, np.float32), obs=pd.DataFrame(index=barcodes), var=pd.DataFrame(index=bundle["genes"])
     )
     out.uns["expression_target"] = bundle.get("expression_target", {})
-    out.write_h5ad(args.out)
+    with atomic_path(args.out) as tmp:
+        out.write_h5ad(tmp)
     print(f"{len(barcodes)} spots x {len(bundle['genes'])} genes -> {args.out}")
     return 0
 
@@ -147,8 +162,11 @@ def add_commands(sub) -> None:
 
     q = esub.add_parser("predict", help="predict a new section's spots with a trained fold's model.pt")
     q.add_argument("--model", required=True, help="model.pt from `expression train`")
-    q.add_argument("--features", required=True, help="the section's spot features h5")
-    q.add_argument("--spots", required=True, help="the section's spots coords h5")
+    q.add_argument("--features", help="the section's spot features h5 (ridge, frozen-feature models)")
+    q.add_argument("--spots", help="the section's spots coords h5 (with --features)")
+    q.add_argument("--tiles", help="the section's spot tiles h5 (models that tuned their image tower)")
+    q.add_argument("--encoder", help="base encoder of a tuned model (default: the one it was trained from)")
+    q.add_argument("--device", default="cpu")
     q.add_argument("--out", required=True, help="predictions.h5ad")
     q.add_argument("--top-k", type=int)
     q.add_argument("--retrieval", choices=("average", "simple", "weighted"))

@@ -66,6 +66,9 @@ IMAGE_ONLY_ENCODERS = frozenset(
 # Encoders the pipeline trains itself (rules/vl.smk): demo-clip on the demo's caption corpus (source demo),
 # '<base>-cplip' (vl.cplip), 'hlip-<base>' (HLIP tuning). Their folders are file inputs of the jobs using them.
 DEMO_ENCODER = "demo-clip"
+# Sources whose cohorts may use demo-clip: the synthetic ones. Its corpus comes from the demo generator's
+# own seeds (data/captions_corpus.py), independent of the cohort, so the synthetic Visium demo pretrains it too.
+DEMO_ENCODER_SOURCES = ("demo", "demo_visium")
 TRAINED_SUFFIX = "-cplip"
 TRAINED_PREFIX = "hlip-"
 MODEL_NAMES = (

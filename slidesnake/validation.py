@@ -16,6 +16,7 @@ from typing import Any
 
 from slidesnake.naming import (
     DEMO_ENCODER,
+    DEMO_ENCODER_SOURCES,
     ENCODER_NAMES,
     HF_HUB_PREFIX,
     LOCAL_DIR_PREFIX,
@@ -127,10 +128,11 @@ def check_names(
     (``clinical``, ``mutations``) to (its file, its columns or None when not known at parse time)."""
     for name in config["features"]["encoders"]:
         check_encoder(name)
-        if name == DEMO_ENCODER and config.get("source") != "demo":
+        if name == DEMO_ENCODER and config.get("source") not in DEMO_ENCODER_SOURCES:
             raise ConfigNameError(
                 f"config key 'features.encoders': '{DEMO_ENCODER}' is pretrained on the demo's synthetic caption "
-                "corpus and exists only for source: demo; use a registry encoder (e.g. quiltnet-b-32) here"
+                f"corpus and exists only for the synthetic sources ({', '.join(DEMO_ENCODER_SOURCES)}), not "
+                f"source: {config.get('source')}; use a registry encoder (e.g. quiltnet-b-32) here"
             )
     check_encoder(config["training"]["encoder"], "training.encoder")
     for name in config["training"]["models"]:

@@ -181,7 +181,7 @@ def test_fold_needs_two_sections_and_logs_zero_drops(sections, tmp_path, caplog)
     assert len(data.train_y) == adata.n_obs - 1
 
 
-def test_cli_chain_and_tuned_tower_from_tiles(sections, tmp_path):
+def test_cli_chain_and_tuned_tower_from_tiles(sections, tmp_path, capsys):
     """spots -> features -> genes -> train (frozen heads, ridge, and a tiny-clip tower tuned on tile
     files) -> predict a section with model.pt -> metrics, all through the CLI."""
     from slidesnake.cli import main
@@ -212,14 +212,35 @@ def test_cli_chain_and_tuned_tower_from_tiles(sections, tmp_path):
         assert main(["expression", "metrics", "--predicted", str(out / "predictions.h5ad"), "--measured",
                      str(out / "measured.h5ad"), "--out", str(out / "m.csv")]) == 0  # fmt: skip
         assert "HVG-10" in set(pd.read_csv(out / "m.csv")["metric"])
-    # a saved frozen-feature model predicts a section by its features; the same spots give the same answer
-    name = test
-    again = tmp_path / "again.h5ad"
-    assert main(["expression", "predict", "--model", str(tmp_path / "heclip" / "model.pt"), "--features",
-                 str(tmp_path / f"{name}_f.h5"), "--spots", str(tmp_path / f"{name}_spots.h5"), "--out", str(again)]) == 0  # fmt: skip
-    first = ad.read_h5ad(tmp_path / "heclip" / "predictions.h5ad")
-    second = ad.read_h5ad(again)[first.obs_names]
-    np.testing.assert_allclose(second.X, first.X, rtol=1e-4, atol=1e-5)
+    # each saved model predicts the held-out section again from its files (ridge and frozen heads from the
+    # spot features, the tuned tower from the tile file): the same spots get the same answer as in training
+    by_features = ["--features", str(tmp_path / f"{test}_f.h5"), "--spots", str(tmp_path / f"{test}_spots.h5")]
+    for folder, inputs in (("ridge", by_features), ("heclip", by_features),
+                           ("heclip--tune_last_blocks", ["--tiles", str(tmp_path / f"{test}_tiles.h5")])):  # fmt: skip
+        again = tmp_path / f"again_{folder}.h5ad"
+        assert main(["expression", "predict", "--model", str(tmp_path / folder / "model.pt"), *inputs,
+                     "--out", str(again)]) == 0  # fmt: skip
+        first = ad.read_h5ad(tmp_path / folder / "predictions.h5ad")
+        second = ad.read_h5ad(again)
+        assert set(second.obs_names) == set(first.obs_names) and second.var_names.tolist() == first.var_names.tolist()
+        np.testing.assert_allclose(second[first.obs_names].X, first.X, rtol=1e-4, atol=1e-4)
+    # the tuned tower comes from the bundle: the same heads on the base encoder's untuned weights differ
+    import torch
+
+    from slidesnake.features.encoders import load_encoder
+
+    bundle = torch.load(tmp_path / "heclip--tune_last_blocks" / "model.pt", weights_only=False)
+    base = {f"tower.{k}": v for k, v in load_encoder("tiny-clip").state_dict().items()}
+    assert base.keys() <= bundle["state_dict"].keys()
+    torch.save({**bundle, "state_dict": {**bundle["state_dict"], **base}}, tmp_path / "untuned.pt")
+    assert main(["expression", "predict", "--model", str(tmp_path / "untuned.pt"), "--tiles",
+                 str(tmp_path / f"{test}_tiles.h5"), "--out", str(tmp_path / "untuned.h5ad")]) == 0  # fmt: skip
+    tuned = ad.read_h5ad(tmp_path / "again_heclip--tune_last_blocks.h5ad")
+    assert not np.allclose(ad.read_h5ad(tmp_path / "untuned.h5ad")[tuned.obs_names].X, tuned.X, atol=1e-3)
+    capsys.readouterr()
+    assert main(["expression", "predict", "--model", str(tmp_path / "heclip--tune_last_blocks" / "model.pt"),
+                 *by_features, "--out", str(tmp_path / "x.h5ad")]) != 0  # fmt: skip
+    assert "image tower was tuned (last_blocks); pass --tiles" in capsys.readouterr().err
 
 
 def test_gzipped_strip_tiff_as_geo_ships_it_becomes_a_pyramid(tmp_path):

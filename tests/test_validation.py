@@ -58,6 +58,19 @@ def test_misspelt_encoder_and_model_name_key_and_allowed() -> None:
         check_model("abmill")
 
 
+@pytest.mark.parametrize("source", ["demo", "demo_visium"])
+def test_demo_clip_allowed_for_the_synthetic_sources(source: str) -> None:
+    """demo-clip's corpus comes from the demo generator, so both synthetic cohorts may pretrain and use it."""
+    check_names(validate_config({"cohort": "x", "source": source, "features": {"encoders": ["demo-clip"]}}))
+
+
+@pytest.mark.parametrize("source", ["sheet", "gdc", "visium"])
+def test_demo_clip_refused_for_real_cohorts(source: str) -> None:
+    config = validate_config({"cohort": "x", "source": source, "features": {"encoders": ["tiny-clip", "demo-clip"]}})
+    with pytest.raises(ConfigNameError, match=rf"'features.encoders'.*'demo-clip'.*not source: {source}.*quiltnet"):
+        check_names(config)
+
+
 def test_task_columns_checked_against_known_tables() -> None:
     config = validate_config({"cohort": "x", "tasks": {"t": {"kind": "classification", "column": "labell"}}})
     with pytest.raises(ConfigNameError, match=r"'tasks.t.column'.*'labell'.*did you mean 'label'"):

@@ -202,22 +202,42 @@ def fit_and_predict(model: str, data: FoldData, cfg: ContrastiveConfig, *, pca_d
 
 
 def predict_bundle(
-    bundle: dict, features: np.ndarray, *, k: int | None = None, method: str | None = None
+    bundle: dict,
+    features: np.ndarray | None = None,
+    *,
+    tiles: str | os.PathLike | None = None,
+    encoder=None,
+    k: int | None = None,
+    method: str | None = None,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """Expression of new spots from their frozen features with a saved fold bundle (ridge or a
-    frozen-feature BLEEP/HECLIP; tuned towers predict inside ``expression train``)."""
+    """Expression of new spots with a saved fold bundle: ridge or a frozen-feature BLEEP/HECLIP from the
+    spots' frozen ``features``; a BLEEP/HECLIP whose tower was tuned from the spots' ``tiles`` file (rows in
+    its order), its tuned tower restored from the bundle on top of ``encoder`` (the loaded base encoder)."""
+    if bundle["model"] == "ridge" or ContrastiveConfig(**bundle["config"]).tune == "frozen":
+        if features is None:
+            raise ExpressionDataError(f"a {bundle['model']} model on frozen features predicts from spot features")
+        features = np.asarray(features, np.float32)
     if bundle["model"] == "ridge":
         return (bundle["probe"].predict(features) + bundle["mean"]).astype(np.float32)
     import torch
 
     cfg = ContrastiveConfig(**bundle["config"])
-    if cfg.tune != "frozen":
-        raise ExpressionDataError(
-            "this model tunes its image tower: predict new sections from tiles with `expression train`"
-        )
-    net = ImageExpressionModel(bundle["model"], bundle["image_dim"], len(bundle["genes"]), cfg)
+    if cfg.tune == "frozen":
+        net = ImageExpressionModel(bundle["model"], bundle["image_dim"], len(bundle["genes"]), cfg)
+        inputs = torch.as_tensor(features)
+    else:
+        if tiles is None or encoder is None:
+            raise ExpressionDataError(
+                f"this {bundle['model']} model tuned its image tower ({cfg.tune}): predict from the section's "
+                "spot tiles (--tiles) with its base encoder"
+            )
+        net = ImageExpressionModel(bundle["model"], bundle["image_dim"], len(bundle["genes"]), cfg, tower=encoder)
+        _, barcodes, _ = read_spot_coords(tiles)
+        inputs = TileFiles([str(tiles)], [(0, i) for i in range(len(barcodes))], image_size=encoder.spec.image_size)
     net.load_state_dict(bundle["state_dict"])
-    query, _ = embed(net, torch.as_tensor(np.asarray(features, np.float32)), None)
+    net.to(device)
+    query, _ = embed(net, inputs, None, device=device)
     return retrieve(
         query, bundle["keys"], bundle["reference_expression"], k=k or cfg.top_k, method=method or cfg.retrieval
     )
