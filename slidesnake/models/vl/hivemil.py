@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from slidesnake.models.mil.base import MILModel, MILOutput
+from slidesnake.models.registry import register
 from slidesnake.models.vl.graph import IMG5, IMG20, TXT5, TXT20, HiveGraph, build_graph
 from slidesnake.models.vl.hier_prompts import N_COARSE, N_FINE_PER_COARSE, HierPrompts
 from slidesnake.models.vl.prompt_learner import (
@@ -55,6 +56,7 @@ def topk_mean(sim: torch.Tensor, k: int) -> torch.Tensor:
     return sim.topk(min(k, sim.shape[0]), dim=0).values.mean(0)
 
 
+@register("hivemil", inputs=("hierarchy", "text", "text_encoder"), task_kinds=("classification",))
 class HiVEMIL(FrozenTowerMixin, MILModel):
     """HiVE-MIL on a hierarchy bag. Constructor inputs beyond the MIL contract:
 
@@ -67,6 +69,8 @@ class HiVEMIL(FrozenTowerMixin, MILModel):
     """
 
     input_kind = "hierarchy"
+    reads_parent_features = True
+    map_shows = "5x region's best similarity to a coarse description of the predicted class (0: filtered by TGDF)"
 
     def __init__(
         self,
