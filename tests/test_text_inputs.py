@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO
 
+from slidesnake.evaluate.heatmaps import attention_scores
 from slidesnake.evaluate.metrics import evaluate_predictions
 from slidesnake.features.encoders import load_encoder
 from slidesnake.io.atomic import write_h5
@@ -109,6 +110,12 @@ def test_vl_models_train_on_a_fewshot_split_and_write_the_contract(cohort, name)
     with h5_bag(hier[test["slide_id"]]) as (x20, mask, x5), torch.inference_mode():
         probs = torch.softmax(model(x20, mask=mask, parent_features=x5).logits, -1).numpy()
     assert np.allclose(probs, test[[f"prob_{c}" for c in CLASSES]].to_numpy(float), atol=1e-5)
+    # heatmaps: one score per 5x parent, at the parent coords, from the model.pt alone
+    coords, scores = attention_scores(out / "model.pt", hier[test["slide_id"]], hier[test["slide_id"]], device="cpu")
+    with h5_bag(hier[test["slide_id"]]) as (x20, mask, x5), torch.inference_mode():
+        expected = model(x20, mask=mask, parent_features=x5).attention.numpy()
+    assert coords.shape == (N5, 2) and coords[:, 0].tolist() == [1024 * i for i in range(N5)]
+    assert np.allclose(scores, expected, atol=1e-6) and np.ptp(scores) > 0
 
 
 class h5_bag:  # noqa: N801 - a tiny context manager reading the three tensors the models take
