@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO
 
+from slidesnake.evaluate.descriptions import DescriptionError, description_table
 from slidesnake.evaluate.heatmaps import attention_scores
 from slidesnake.evaluate.metrics import evaluate_predictions
 from slidesnake.features.encoders import load_encoder
@@ -175,3 +176,37 @@ def test_missing_text_tower_or_prompt_class_fails_naming_the_keys(cohort, tmp_pa
     with pytest.raises(TextInputError, match=r"one_class\.json.*\['solid'\].*tasks\.subtype\.hier_prompts"):
         train_fold(*args, hierarchy=hier, text_encoder="tiny-clip", hier_prompts=str(bad))
     assert not (tmp_path / "x").exists()  # nothing written before the error
+
+
+def test_description_table_names_the_descriptions_behind_each_test_prediction(cohort):
+    root, task, labels, splits, hier = cohort
+    params = TrainParams(**{**FAST, "epochs": 1})
+    for name in ("hivemil", "vilamil"):
+        train_fold(
+            task, name, hier, labels, splits, 0, params, str(root / f"desc_{name}"), hierarchy=hier,
+            text_encoder="tiny-clip", hier_prompts=str(PROMPTS),
+        )  # fmt: skip
+    splits_csv = root / "splits.csv"
+    splits.to_csv(splits_csv, index=False)
+    table = description_table({0: root / "desc_hivemil/model.pt"}, splits_csv, hier)
+    test = splits[(splits["fold"] == 0) & (splits["split"] == "test")]
+    assert sorted(table["slide_id"]) == sorted(test["slide_id"])
+    pred = pd.read_parquet(root / "desc_hivemil/predictions.parquet").set_index("slide_id")
+    prompts = load_hier_prompts(PROMPTS, CLASSES)
+    for row in table.itertuples():
+        assert row.predicted == CLASSES[int(np.argmax(pred.loc[row.slide_id, [f"prob_{c}" for c in CLASSES]]))]
+        c = CLASSES.index(row.predicted)
+        assert row.coarse_1 in prompts.coarse[c] and row.coarse_1_score >= row.coarse_2_score
+        k = prompts.coarse[c].index(row.fine_1_under)
+        assert row.fine_1 in prompts.fine[c][k]  # each fine description named with its own coarse parent
+        assert 0.0 <= row.hit_ratio_at_2 <= 1.0
+    # the scores are the logit's parts: a class's logit = mean of its coarse + mean of its fine scores
+    record = torch.load(root / "desc_hivemil/model.pt", weights_only=True)
+    model = registry.from_checkpoint(record, **text_inputs_from_checkpoint(record))
+    with h5_bag(hier[table["slide_id"].iloc[0]]) as (x20, mask, x5):
+        out = model.explain(x20, mask=mask, parent_features=x5)
+        logits = model(x20, mask=mask, parent_features=x5).logits.detach()
+    parts = out["coarse"].view(2, -1).mean(1) + out["fine"].view(2, -1).mean(1)
+    assert torch.allclose(parts, logits, atol=1e-5) and torch.allclose(out["logits"], logits)
+    with pytest.raises(DescriptionError, match="hivemil only"):
+        description_table({0: root / "desc_vilamil/model.pt"}, splits_csv, hier)
