@@ -258,6 +258,25 @@ def heatmap_inputs(wildcards):
     }
 
 
+# models whose predictions split into per-description scores, tabled by the descriptions rule (HiVE-MIL)
+DESCRIBED_MODELS = ("hivemil",)
+
+
+def description_folds(wildcards):
+    return list(model_folds(wildcards.model))
+
+
+def description_inputs(wildcards):
+    """Every run's model.pt of one task-model, its splits, the bag index and the text tower's files."""
+    run = f"results/{COHORT}/models/{wildcards.task}/{wildcards.model}/{wildcards.encoder}"
+    return {
+        "models": [f"{run}/fold{k}/model.pt" for k in model_folds(wildcards.model)],
+        "folds": split_file(wildcards.task, wildcards.model),
+        "bags": bag_index(wildcards.encoder),
+        "text_encoder": text_trained_encoder(wildcards),
+    }
+
+
 def all_targets(wildcards):
     if SOURCE in ("visium", "demo_visium"):  # expression cohorts: spots -> BLEEP/HECLIP/ridge -> metrics
         return expression_targets()
@@ -272,6 +291,12 @@ def all_targets(wildcards):
         encoder=TRAIN_ENCODER,
     )
     targets += evaluated
+    targets += [
+        f"results/{COHORT}/eval/{task}/{model}/{TRAIN_ENCODER}/descriptions.csv"
+        for task in TASKS
+        for model in TRAIN["models"]
+        if model in DESCRIBED_MODELS
+    ]
     if config["evaluation"]["heatmaps"]:
         targets += [
             f"results/{COHORT}/heatmaps/{task}/{model}/{TRAIN_ENCODER}/fold{fold}"
