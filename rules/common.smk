@@ -228,6 +228,11 @@ def train_inputs(wildcards):
     from slidesnake.models import registry  # imports torch: only when a train job is in the DAG
 
     first_stage = registry.get(wildcards.model).first_stage
+    if first_stage and is_fewshot(first_stage) != is_fewshot(wildcards.model):
+        raise ValueError(
+            f"config key 'training.fewshot.models': {wildcards.model} starts from the same split's {first_stage}, so "
+            f"list both or neither (a first stage trained on other splits could have seen this run's test slides)"
+        )
     if first_stage:
         inputs["first_stage"] = (
             f"results/{COHORT}/models/{wildcards.task}/{first_stage}/{wildcards.encoder}/fold{wildcards.fold}/model.pt"
