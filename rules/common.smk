@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import yaml
 
-from slidesnake.naming import DEMO_ENCODER_SOURCES, encoder_slug
+from slidesnake.naming import DEMO_ENCODER_SOURCES, TEXT_MODEL_NAMES, encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
-from slidesnake.validation import check_names, parquet_columns
+from slidesnake.validation import check_names, check_text_models, hier_prompt_path, parquet_columns
 
 
 def sorted_keys(value):
@@ -27,6 +27,9 @@ ENCODERS = {encoder_slug(name): name for name in config["features"]["encoders"]}
 TRAIN = config["training"]
 TRAIN_ENCODER = encoder_slug(TRAIN["encoder"])
 TASKS = config["tasks"]
+FEWSHOT = TRAIN["fewshot"]
+# task keys that name files (inputs of the jobs that read them), not tunables: left out of the task param
+TASK_FILE_KEYS = ("hier_prompts",)
 
 
 def registered_models():
@@ -49,6 +52,7 @@ wildcard_constraints:
     task="|".join(TASKS) or "NONE",
     model="|".join(registered_models()),
     fold=r"\d+",
+    shots=r"\d+",
 
 
 def slides_dir():
@@ -141,7 +145,8 @@ def prompt_file(wildcards):
 
 
 def task_config(wildcards):
-    return sorted_keys(TASKS[wildcards.task])
+    """The task's settings as a param; the files it names (its prompt file) are inputs instead."""
+    return sorted_keys({k: v for k, v in TASKS[wildcards.task].items() if k not in TASK_FILE_KEYS})
 
 
 def label_tables(wildcards):
@@ -178,16 +183,56 @@ def split_inputs(wildcards):
     return {"sheet": sheet_file(), **label_tables(wildcards)}
 
 
+def is_fewshot(model):
+    """Whether ``model`` trains on the few-shot splits (training.fewshot.models) rather than the k folds."""
+    return model in FEWSHOT["models"]
+
+
+def split_file(task, model):
+    """The splits a model trains and is evaluated on: fewshot{N}.csv (fold = repeat) or folds.csv."""
+    name = f"fewshot{FEWSHOT['shots']}" if is_fewshot(model) else "folds"
+    return f"results/{COHORT}/splits/{task}/{name}.csv"
+
+
+def model_folds(model):
+    """The fold indices of a model's runs: one per few-shot repeat, or one per fold."""
+    return range(FEWSHOT["repeats"] if is_fewshot(model) else TRAIN["folds"])
+
+
+def hier_prompt_file(task):
+    """The hierarchical prompt file of a task (tasks.<task>.hier_prompts), checked at parse time."""
+    return str(hier_prompt_path(TASKS[task]["hier_prompts"], workflow.basedir))
+
+
+def text_model_inputs(wildcards):
+    """HiVE-MIL / ViLa-MIL: the task's prompt file and a pipeline-trained training encoder's files."""
+    if wildcards.model not in TEXT_MODEL_NAMES:
+        return {}
+    return {"hier_prompts": hier_prompt_file(wildcards.task), "text_encoder": text_trained_encoder(wildcards)}
+
+
+def train_text_encoder(wildcards):
+    """What load_encoder is given for a text model's tower (the training encoder); empty for the MIL zoo."""
+    return text_encoder_source(wildcards) if wildcards.model in TEXT_MODEL_NAMES else ""
+
+
 def train_inputs(wildcards):
-    """Splits, bag index, labels; a two-stage model (registry first_stage) also the same fold's first-stage model."""
+    """Splits, bag index, labels; a two-stage model (registry first_stage) also the same fold's first-stage
+    model; a text model (HiVE-MIL, ViLa-MIL) its prompt file and trained encoder."""
     inputs = {
-        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
+        "folds": split_file(wildcards.task, wildcards.model),
         "bags": bag_index(wildcards.encoder),
         **split_inputs(wildcards),
+        **text_model_inputs(wildcards),
     }
     from slidesnake.models import registry  # imports torch: only when a train job is in the DAG
 
     first_stage = registry.get(wildcards.model).first_stage
+    if first_stage and is_fewshot(first_stage) != is_fewshot(wildcards.model):
+        raise ValueError(
+            f"config key 'training.fewshot.models': {wildcards.model} starts from the same split's {first_stage}, so "
+            f"list both or neither (a first stage trained on other splits could have seen this run's test slides)"
+        )
     if first_stage:
         inputs["first_stage"] = (
             f"results/{COHORT}/models/{wildcards.task}/{first_stage}/{wildcards.encoder}/fold{wildcards.fold}/model.pt"
@@ -202,7 +247,7 @@ def fold_predictions(wildcards):
         task=wildcards.task,
         model=wildcards.model,
         encoder=wildcards.encoder,
-        fold=range(TRAIN["folds"]),
+        fold=model_folds(wildcards.model),
     )
 
 
@@ -211,8 +256,29 @@ def heatmap_inputs(wildcards):
     hierarchy and slide file, which are all ancestors of the model already."""
     return {
         "model": f"results/{COHORT}/models/{wildcards.task}/{wildcards.model}/{wildcards.encoder}/fold{wildcards.fold}/model.pt",
-        "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
+        "folds": split_file(wildcards.task, wildcards.model),
         "bags": bag_index(wildcards.encoder),
+        # a text model rebuilds its tower from the trained encoder model.pt names
+        "text_encoder": text_trained_encoder(wildcards) if wildcards.model in TEXT_MODEL_NAMES else [],
+    }
+
+
+# models whose predictions split into per-description scores, tabled by the descriptions rule (HiVE-MIL)
+DESCRIBED_MODELS = ("hivemil",)
+
+
+def description_folds(wildcards):
+    return list(model_folds(wildcards.model))
+
+
+def description_inputs(wildcards):
+    """Every run's model.pt of one task-model, its splits, the bag index and the text tower's files."""
+    run = f"results/{COHORT}/models/{wildcards.task}/{wildcards.model}/{wildcards.encoder}"
+    return {
+        "models": [f"{run}/fold{k}/model.pt" for k in model_folds(wildcards.model)],
+        "folds": split_file(wildcards.task, wildcards.model),
+        "bags": bag_index(wildcards.encoder),
+        "text_encoder": text_trained_encoder(wildcards),
     }
 
 
@@ -230,15 +296,19 @@ def all_targets(wildcards):
         encoder=TRAIN_ENCODER,
     )
     targets += evaluated
+    targets += [
+        f"results/{COHORT}/eval/{task}/{model}/{TRAIN_ENCODER}/descriptions.csv"
+        for task in TASKS
+        for model in TRAIN["models"]
+        if model in DESCRIBED_MODELS
+    ]
     if config["evaluation"]["heatmaps"]:
-        targets += expand(
-            "results/{cohort}/heatmaps/{task}/{model}/{encoder}/fold{fold}",
-            cohort=COHORT,
-            task=list(TASKS),
-            model=TRAIN["models"],
-            encoder=TRAIN_ENCODER,
-            fold=range(TRAIN["folds"]),
-        )
+        targets += [
+            f"results/{COHORT}/heatmaps/{task}/{model}/{TRAIN_ENCODER}/fold{fold}"
+            for task in TASKS
+            for model in TRAIN["models"]
+            for fold in model_folds(model)
+        ]
     targets += expand(
         "results/{cohort}/text/{encoder}/{prompts}.h5",
         cohort=COHORT,
@@ -252,7 +322,7 @@ def report_heatmap_inputs(wildcards):
     """Every fold's heatmap folder and predictions of one task-model (rule report_heatmaps)."""
     run = f"{wildcards.task}/{wildcards.model}/{wildcards.encoder}"
     return {
-        "heatmaps": [f"results/{COHORT}/heatmaps/{run}/fold{f}" for f in range(TRAIN["folds"])],
+        "heatmaps": [f"results/{COHORT}/heatmaps/{run}/fold{f}" for f in model_folds(wildcards.model)],
         "predictions": fold_predictions(wildcards),
     }
 
@@ -457,6 +527,8 @@ def _check_vl_config():
 
 
 _check_vl_config()
+# HiVE-MIL / ViLa-MIL: a text-tower training encoder and a valid prompt file with every class, per task
+check_text_models(config, _task_classes, workflow.basedir)
 CPLIP_TASK = (CPLIP["task"] or (ZS_TASKS[0] if ZS_TASKS else None)) if CPLIP["enabled"] else None
 
 
@@ -517,7 +589,7 @@ def vl_comparison_inputs(wildcards):
             f"results/{COHORT}/models/{t}/{m}/{TRAIN_ENCODER}/fold{k}/predictions.parquet"
             for t in ZS_TASKS
             for m in TRAIN["models"]
-            for k in range(TRAIN["folds"])
+            for k in model_folds(m)
         ],
     }
     if SOURCE == "demo":

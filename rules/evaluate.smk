@@ -94,3 +94,25 @@ rule heatmaps:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/heatmaps.py"
+
+
+rule descriptions:
+    input:
+        unpack(description_inputs),
+    output:
+        report(
+            "results/{cohort}/eval/{task}/{model}/{encoder}/descriptions.csv",
+            category="Evaluation",
+            subcategory="{task}",
+            caption="../resources/report/descriptions.rst",
+            labels={"task": "{task}", "model": "{model}", "encoder": "{encoder}", "table": "descriptions"},
+        ),
+    params:
+        folds=description_folds,
+        top=2,
+    log:
+        "results/logs/{cohort}/descriptions/{task}/{model}/{encoder}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/descriptions.py"

@@ -1,4 +1,5 @@
-"""Patient-level splits and one training job per (task, model, encoder, fold) (DESIGN §3)."""
+"""Patient-level splits (k folds; few-shot N per class x repeats) and one training job per (task, model,
+encoder, fold); a few-shot model's fold is its repeat (DESIGN §3)."""
 
 TRAIN_PARAMS = {
     key: TRAIN[key]
@@ -26,6 +27,25 @@ rule splits:
         "../workflow/scripts/make_splits.py"
 
 
+rule fewshot_splits:
+    input:
+        unpack(split_inputs),
+    output:
+        "results/{cohort}/splits/{task}/fewshot{shots}.csv",
+    params:
+        task=task_config,
+        repeats=FEWSHOT["repeats"],
+        val_fraction=FEWSHOT["val_fraction"],
+        test_fraction=FEWSHOT["test_fraction"],
+        seed=TRAIN["split_seed"],
+    log:
+        "results/logs/{cohort}/splits/{task}.fewshot{shots}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/make_fewshot_splits.py"
+
+
 rule train:
     input:
         unpack(train_inputs),
@@ -37,6 +57,7 @@ rule train:
         task=task_config,
         magnification=TRAIN["magnification"],
         train=TRAIN_PARAMS,
+        text_encoder=train_text_encoder,
     threads: 1
     resources:
         gpu=TRAIN["gpu"],

@@ -152,7 +152,7 @@ rule vl_comparison:
     params:
         rows=[(t, f"zeroshot-{p}", e) for t in ZS_TASKS for p in ZS["prompts"] for e in ZS_ENCODERS],
         supervised=[(t, m, TRAIN_ENCODER) for t in ZS_TASKS for m in TRAIN["models"]],
-        folds=TRAIN["folds"],
+        folds=[len(model_folds(m)) for t in ZS_TASKS for m in TRAIN["models"]],  # runs per supervised row
         bootstrap=EVALUATION["bootstrap"],
         seed=EVALUATION["seed"],
     log:

@@ -198,6 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from slidesnake.train.loop import TrainParams, train_fold
+    from slidesnake.validation import hier_prompt_path
 
     config, task, labels = _task_labels(args)
     training = config["training"]
@@ -220,6 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     features = {p.stem: str(p) for p in sorted(Path(args.features).glob("*.h5"))}
     hierarchy = {p.stem: str(p) for p in sorted(Path(args.hierarchy).glob("*.h5"))} if args.hierarchy else None
     folds = pd.read_csv(args.folds, dtype={"slide_id": str, "case_id": str})
+    prompts = config["tasks"][args.task].get("hier_prompts")  # text models (hivemil, vilamil) only
     train_fold(
         task,
         args.model,
@@ -231,6 +233,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out,
         hierarchy=hierarchy,
         first_stage=args.first_stage,
+        text_encoder=args.text_encoder or training["encoder"],
+        hier_prompts=str(hier_prompt_path(prompts, Path.cwd())) if prompts else None,
     )
     print(f"trained {args.model} on {task.name} fold {args.fold} -> {args.out}")
     return 0
@@ -515,6 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="folder of per-slide features h5")
     p.add_argument("--hierarchy", help="folder of per-slide hierarchical h5 (hierarchical models)")
     p.add_argument("--first-stage", help="the same fold's first-stage model.pt (two-stage models: mhim, ibmil)")
+    p.add_argument(
+        "--text-encoder",
+        help="hivemil/vilamil: the encoder whose text tower reads the task's hier_prompts (default training.encoder; "
+        "a pipeline-trained one by its folder, e.g. results/demo/encoders/demo-clip)",
+    )
     p.add_argument("--folds", required=True, help="folds.csv from `slidesnake splits`")
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--out", required=True, help="output folder (model.pt, history.csv, predictions.parquet)")

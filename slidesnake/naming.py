@@ -85,4 +85,10 @@ MODEL_NAMES = (
     "hipt",
     "meanpool",
     "maxpool",
+    "hivemil",
+    "vilamil",
 )
+# Models that read the task's class descriptions through the training encoder's text tower (registry inputs
+# "text" and "text_encoder") and train on the few-shot splits: they need tasks.<task>.hier_prompts and a
+# vision-language training.encoder. tests/test_validation.py keeps this equal to the registry.
+TEXT_MODEL_NAMES = ("hivemil", "vilamil")

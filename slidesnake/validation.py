@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from slidesnake.naming import (
     DEMO_ENCODER_SOURCES,
     ENCODER_NAMES,
     HF_HUB_PREFIX,
+    IMAGE_ONLY_ENCODERS,
     LOCAL_DIR_PREFIX,
     MODEL_NAMES,
+    TEXT_MODEL_NAMES,
     TRAINED_PREFIX,
     TRAINED_SUFFIX,
 )
@@ -137,8 +139,55 @@ def check_names(
     check_encoder(config["training"]["encoder"], "training.encoder")
     for name in config["training"]["models"]:
         check_model(name)
+    for name in config["training"].get("fewshot", {}).get("models", []):
+        check_model(name, "training.fewshot.models")
     tables = dict(table_columns or {})
     tables.setdefault("sheet", ("the slide sheet", sheet_columns))
     for task_name, task in config.get("tasks", {}).items():
         label, columns = tables.get(task.get("source", "sheet"), (None, None))
         check_task_columns(task_name, task, columns, label)
+
+
+def hier_prompt_path(value: str, basedir: str | os.PathLike) -> Path:
+    """The file ``tasks.<task>.hier_prompts`` names: a prompt file of ``config/prompts`` by name
+    (``demo_hier``), or a path to a JSON file (relative to the working directory)."""
+    if value.endswith(".json") or "/" in value or os.sep in value:
+        return Path(value).expanduser()
+    return Path(basedir) / "config" / "prompts" / f"{value}.json"
+
+
+def check_text_models(
+    config: Mapping[str, Any], task_classes: Callable[[str], list[str] | None], basedir: str | os.PathLike
+) -> None:
+    """HiVE-MIL / ViLa-MIL in ``training.models`` need a training encoder with a text tower, classification
+    tasks, and per task a valid hierarchical prompt file holding every class (``task_classes(task)``: the
+    task's classes when known at parse time, else None: the file's structure is checked, its classes at
+    training time)."""
+    from slidesnake.models.vl.hier_prompts import HierPromptError, load_hier_prompts  # json only, no torch
+
+    models = [m for m in config["training"]["models"] if m in TEXT_MODEL_NAMES]
+    if not models:
+        return
+    encoder = config["training"]["encoder"]
+    if encoder.strip().lower() in IMAGE_ONLY_ENCODERS:
+        raise ConfigNameError(
+            f"config key 'training.encoder' is '{encoder}', an image-only encoder (no text tower), but "
+            f"training.models lists {models}, which read class descriptions through the text tower of "
+            "training.encoder; choose a vision-language encoder (e.g. quiltnet-b-32, conch, plip) or remove them"
+        )
+    for name, task in config.get("tasks", {}).items():
+        if task["kind"] != "classification":
+            raise ConfigNameError(
+                f"config key 'tasks.{name}.kind' is '{task['kind']}', but training.models lists {models}, which "
+                "classify slides only; remove them from training.models or the task"
+            )
+        value = task.get("hier_prompts")
+        if not value:
+            raise ConfigNameError(
+                f"config key 'tasks.{name}.hier_prompts' is not set, but training.models lists {models}, which "
+                "need hierarchical class descriptions: name a file of config/prompts (e.g. demo_hier) or a JSON path"
+            )
+        try:
+            load_hier_prompts(hier_prompt_path(value, basedir), task_classes(name))
+        except HierPromptError as exc:
+            raise ConfigNameError(f"config key 'tasks.{name}.hier_prompts': {exc}") from exc

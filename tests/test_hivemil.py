@@ -283,3 +283,17 @@ def test_hivemil_learns_a_text_aligned_class_signal(tiny_tower, demo_prompts):
     model = HiVEMIL(64, 2, tiny_tower, demo_prompts)
     fit(model, train)
     assert accuracy(model, test) >= 0.9
+
+
+def test_hit_ratio_at_2_on_a_hand_made_case():
+    from slidesnake.models.vl.hivemil import hit_ratio_at_2
+
+    s5 = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.0, 0.1, 0.7, 0.9]])  # top-2 coarse: {0, 1} and {2, 3}
+    fine_parent = torch.arange(4).repeat_interleave(3)  # fine i sits under coarse i // 3
+    s20 = torch.zeros(3, 12)
+    s20[0, 7] = s20[1, 4] = s20[2, 0] = 1.0  # best fine of each child: 7 (coarse 2), 4 (coarse 1), 0 (coarse 0)
+    child_parent = torch.tensor([0, 0, 1])
+    # patch 0: child 1's best sits under coarse 1, in its top 2 -> hit; patch 1: coarse 0 is not in {2, 3}
+    assert float(hit_ratio_at_2(s5, s20, child_parent, fine_parent)) == 0.5
+    s20[2, 0], s20[2, 10] = 0.0, 1.0  # now child 2's best sits under coarse 3
+    assert float(hit_ratio_at_2(s5, s20, child_parent, fine_parent)) == 1.0

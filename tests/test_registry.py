@@ -13,7 +13,7 @@ from slidesnake.models.registry import INPUTS, RegistryError, UnknownModelError
 def test_schema_enum_lists_exactly_the_registered_models():
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     enum = schema["properties"]["training"]["properties"]["models"]["items"]["enum"]
-    assert enum == registry.names() == sorted(MODELS)
+    assert enum == registry.names() == sorted([*MODELS, "hivemil", "vilamil"])
 
 
 def test_each_model_declares_its_inputs_and_first_stage():
@@ -22,6 +22,8 @@ def test_each_model_declares_its_inputs_and_first_stage():
     assert entries["patchgcn"].inputs == ("features", "coords")
     assert entries["hipt"].inputs == ("hierarchy",)
     assert entries["abmil"].inputs == ("features",)
+    assert entries["hivemil"].inputs == entries["vilamil"].inputs == ("hierarchy", "text", "text_encoder")
+    assert entries["hivemil"].task_kinds == entries["vilamil"].task_kinds == ("classification",)
     assert {n for n, e in entries.items() if e.first_stage} == {"mhim", "ibmil"}
     assert entries["mhim"].first_stage == entries["ibmil"].first_stage == "abmil"
     assert ABMIL.registry_entry is entries["abmil"]

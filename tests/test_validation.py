@@ -16,7 +16,14 @@ from conftest import REPO, run_snakemake
 
 from slidesnake.config import SCHEMA_PATH, ConfigError, validate_config
 from slidesnake.naming import ENCODER_NAMES, HF_HUB_PREFIX, LOCAL_DIR_PREFIX, MODEL_NAMES
-from slidesnake.validation import ConfigNameError, check_encoder, check_model, check_names
+from slidesnake.validation import (
+    ConfigNameError,
+    check_encoder,
+    check_model,
+    check_names,
+    check_text_models,
+    hier_prompt_path,
+)
 
 SCHEMA = yaml.safe_load(Path(SCHEMA_PATH).read_text())
 
@@ -24,10 +31,13 @@ SCHEMA = yaml.safe_load(Path(SCHEMA_PATH).read_text())
 def test_name_lists_match_the_registries() -> None:
     """The torch-free lists the Snakefile checks against are the registries themselves."""
     from slidesnake.features import encoders
-    from slidesnake.models.mil import MODELS
+    from slidesnake.models import registry
+    from slidesnake.naming import TEXT_MODEL_NAMES
 
     assert set(ENCODER_NAMES) == set(encoders.REGISTRY)
-    assert set(MODEL_NAMES) == set(MODELS)
+    assert set(MODEL_NAMES) == set(registry.names())
+    text_models = {n for n, e in registry.entries().items() if {"text", "text_encoder"} & set(e.inputs)}
+    assert set(TEXT_MODEL_NAMES) == text_models == {"hivemil", "vilamil"}
     assert (HF_HUB_PREFIX, LOCAL_DIR_PREFIX) == (encoders.HF_HUB_PREFIX, encoders.LOCAL_DIR_PREFIX)
 
 
@@ -82,6 +92,37 @@ def test_task_columns_checked_against_known_tables() -> None:
     tables = {"clinical": ("results/x/clinical.parquet", ["case_id", "os_days", "os_event"])}
     with pytest.raises(ConfigNameError, match=r"'tasks.s.event'.*clinical.parquet.*did you mean 'os_event'"):
         check_names(surv, ["slide_id"], tables)
+
+
+def test_text_models_need_a_text_tower_and_a_prompt_file_with_every_class(tmp_path: Path) -> None:
+    def config(encoder="demo-clip", models=("hivemil",), **task):
+        task = {"kind": "classification", "column": "label", **task}
+        cfg = {"cohort": "x", "tasks": {"t": task}, "training": {"models": list(models), "encoder": encoder}}
+        return validate_config(cfg)
+
+    classes = {"t": ["solid", "glandular"]}.get
+    check_text_models(config(hier_prompts="demo_hier"), classes, REPO)
+    check_text_models(config("uni", models=("abmil",)), classes, REPO)  # the MIL zoo needs neither
+    assert hier_prompt_path("demo_hier", REPO) == REPO / "config/prompts/demo_hier.json"
+    assert hier_prompt_path("my/p.json", REPO) == Path("my/p.json")
+    assert config()["training"]["fewshot"] == {
+        "models": ["hivemil", "vilamil"], "shots": 16, "repeats": 5, "val_fraction": 0.3, "test_fraction": 0.3
+    }  # fmt: skip
+    with pytest.raises(ConfigNameError, match=r"'training.encoder' is 'uni', an image-only encoder"):
+        check_text_models(config("uni", hier_prompts="demo_hier"), classes, REPO)
+    with pytest.raises(ConfigNameError, match=r"'tasks.t.hier_prompts' is not set.*\['hivemil'\]"):
+        check_text_models(config(models=("abmil", "hivemil")), classes, REPO)
+    with pytest.raises(
+        ConfigNameError, match=r"'tasks.t.hier_prompts'.*tcga_nsclc_hier.json.*\['solid', 'glandular'\]"
+    ):
+        check_text_models(config(hier_prompts="tcga_nsclc_hier"), classes, REPO)
+    with pytest.raises(ConfigNameError, match=r"'tasks.t.hier_prompts'.*not found"):
+        check_text_models(config(hier_prompts=str(tmp_path / "none.json")), classes, REPO)
+    surv = validate_config(
+        {"cohort": "x", "tasks": {"s": {"kind": "survival", "source": "clinical"}}, "training": {"models": ["vilamil"]}}
+    )
+    with pytest.raises(ConfigNameError, match=r"'tasks.s.kind' is 'survival'.*classify"):
+        check_text_models(surv, classes, REPO)
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,11 @@ from slidesnake.io.atomic import atomic_path
 from slidesnake.io.checkpoint import load_checkpoint
 from slidesnake.io.coords import plan_from_attrs, read_attrs
 from slidesnake.io.slide import ReadPlan, open_slide, read_patch
-from slidesnake.models.mil import MODELS, build_model
+from slidesnake.models import registry
+from slidesnake.models.mil import build_model
 from slidesnake.train.data import load_bag
 from slidesnake.train.losses import survival_risk
+from slidesnake.train.text_inputs import text_inputs_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,13 @@ def _features_identity(features_h5: str | os.PathLike) -> dict[str, Any]:
     return {"encoder": attrs.get("encoder"), "magnification": attrs.get("magnification")}
 
 
+def _model_class(checkpoint: Mapping[str, Any]) -> type | None:
+    entry = registry.entries().get(checkpoint["model"])
+    return None if entry is None else entry.cls
+
+
 def _is_hierarchical(checkpoint: Mapping[str, Any]) -> bool:
-    model = MODELS.get(checkpoint["model"])
+    model = _model_class(checkpoint)
     return model is not None and model.input_kind == "hierarchy"
 
 
@@ -88,7 +95,10 @@ def _scores(checkpoint, model_pt, features_h5, hierarchy_h5, device: str) -> tup
                 f"{model_pt}: model {name!r} scores 5x regions; pass its hierarchy (hier_5x_20x) h5"
             )
         bag_path = hierarchy_h5
-    bag = load_bag(os.fspath(bag_path), "hierarchy" if _is_hierarchical(checkpoint) else "flat")
+    parents = bool(getattr(_model_class(checkpoint), "reads_parent_features", False))
+    bag = load_bag(
+        os.fspath(bag_path), "hierarchy" if _is_hierarchical(checkpoint) else "flat", parent_features=parents
+    )
     coords = np.zeros((0, 2), np.int64) if bag.coords is None else bag.coords.numpy().astype(np.int64).reshape(-1, 2)
     if len(bag) == 0:
         log.info("%s: empty bag, no attention to compute", bag_path)
@@ -99,12 +109,18 @@ def _scores(checkpoint, model_pt, features_h5, hierarchy_h5, device: str) -> tup
             "use the features of the encoder the model was trained on"
         )
     torch_device = select_device(device)
-    model = build_model(name, checkpoint["in_dim"], checkpoint["n_outputs"], **checkpoint["model_kwargs"])
+    model = build_model(
+        name,
+        checkpoint["in_dim"],
+        checkpoint["n_outputs"],
+        **checkpoint["model_kwargs"],
+        **text_inputs_from_checkpoint(checkpoint),  # vision-language models: the text tower and descriptions
+    )
     model.load_state_dict(checkpoint["state_dict"])
     model.to(torch_device).eval()
     with torch.inference_mode():
         bag = bag.to(torch_device)
-        out = model(bag.features, coords=bag.coords, mask=bag.mask)
+        out = model(bag.features, coords=bag.coords, mask=bag.mask, **bag.model_inputs())
     if out.attention is None:
         raise HeatmapInputError(
             f"model {name!r} ({model_pt}) returns no per-instance attention or score; no heatmap possible"
@@ -169,7 +185,7 @@ def slide_heatmaps(
 
 def map_description(checkpoint: Mapping[str, Any]) -> str:
     """What the model's instance scores are (the model class's ``map_shows``), for the figure."""
-    model = MODELS.get(checkpoint["model"])
+    model = _model_class(checkpoint)
     return f"{checkpoint['model']}: {model.map_shows}" if model is not None else str(checkpoint["model"])
 
 

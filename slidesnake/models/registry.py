@@ -2,7 +2,8 @@
 kinds it supports where it is defined (LazySlide's ``@register``), so adding a model touches one file.
 
 The training loop loads exactly what an entry declares (features, coords, the 5x→20x hierarchy,
-text embeddings, a text encoder); the workflow builds the ``model`` wildcard constraint and the
+``text``: the task's class descriptions (the hierarchical prompt file ``tasks.<task>.hier_prompts``),
+``text_encoder``: the text tower of ``training.encoder``, the encoder that made the features); the workflow builds the ``model`` wildcard constraint and the
 schema enum test from :func:`names`, so a misspelt model fails before any job runs.
 """
 
@@ -17,8 +18,9 @@ from slidesnake.errors import ConfigError
 from slidesnake.tasks import KINDS
 
 INPUTS = ("features", "coords", "hierarchy", "text", "text_encoder")
-# the packages whose modules register models on import
-MODEL_PACKAGES = ("slidesnake.models.mil", "slidesnake.models.vl")
+# the modules that register models on import (the vl package stays light: zero-shot and the prompt checks
+# import it at parse time, so its trainable models are named one by one)
+MODEL_PACKAGES = ("slidesnake.models.mil", "slidesnake.models.vl.hivemil", "slidesnake.models.vl.vilamil")
 
 
 class UnknownModelError(ConfigError, KeyError):
@@ -114,9 +116,13 @@ def build(name: str, in_dim: int, n_outputs: int, **kwargs: Any) -> Any:
     return get(name).build(in_dim, n_outputs, **kwargs)
 
 
-def from_checkpoint(record: dict[str, Any]) -> Any:
-    """The model of a checkpoint record (io/checkpoint.py ``load_checkpoint``) with its weights, in eval mode."""
-    model = build(record["model"], int(record["in_dim"]), int(record["n_outputs"]), **record["model_kwargs"])
+def from_checkpoint(record: dict[str, Any], **inputs: Any) -> Any:
+    """The model of a checkpoint record (io/checkpoint.py ``load_checkpoint``) with its weights, in eval mode.
+
+    ``inputs``: constructor inputs a checkpoint cannot hold as kwargs (a vision-language model's text tower
+    and prompts: ``slidesnake.train.text_inputs.text_inputs_from_checkpoint``).
+    """
+    model = build(record["model"], int(record["in_dim"]), int(record["n_outputs"]), **record["model_kwargs"], **inputs)
     model.load_state_dict(record["state_dict"])
     return model.eval()
 

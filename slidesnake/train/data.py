@@ -18,24 +18,29 @@ class BagFileError(InputError):
     """A features/hierarchy h5 lacks the datasets of its file contract (DESIGN §2)."""
 
 
-def load_bag(path: str, input_kind: str = "flat", coords: bool = True) -> Bag:
+def load_bag(path: str, input_kind: str = "flat", coords: bool = True, parent_features: bool = False) -> Bag:
     """Read a features h5 (``flat``) or hierarchy h5 (``hierarchy``) into a :class:`Bag` (may be empty).
 
     ``coords=False`` leaves the coordinates out (models that do not declare the ``coords`` input); a
-    hierarchy's mask is always read.
+    hierarchy's mask is always read, its ``parent_features`` (the 5x parents' own features, (N5, D)) when
+    ``parent_features`` is set (HiVE-MIL, ViLa-MIL).
     """
     with h5py.File(path, "r") as f:
         if "features" not in f:
             raise BagFileError(f"{path} has no 'features' dataset; rerun the features/hierarchy rule")
         features = torch.from_numpy(np.asarray(f["features"], dtype=np.float32))
         if input_kind == "hierarchy":
-            for key in ("mask", "parent_coords"):
+            needed = ("mask", "parent_coords", "parent_features") if parent_features else ("mask", "parent_coords")
+            for key in needed:
                 if key not in f:
-                    raise BagFileError(f"{path} has no {key!r} dataset; is it a hierarchy (hier_5x_20x) file?")
+                    raise BagFileError(
+                        f"{path} has no {key!r} dataset; is it a hierarchy (hier_5x_20x) file? rerun the hierarchy rule"
+                    )
             return Bag(
                 features,
                 torch.from_numpy(np.asarray(f["parent_coords"], dtype=np.int64)) if coords else None,
                 torch.from_numpy(np.asarray(f["mask"], dtype=bool)),
+                torch.from_numpy(np.asarray(f["parent_features"], dtype=np.float32)) if parent_features else None,
             )
         xy = torch.from_numpy(np.asarray(f["coords"], dtype=np.int64)) if coords and "coords" in f else None
     return Bag(features, xy)

@@ -39,13 +39,15 @@ from slidesnake.train.losses import (
     task_loss,
     time_to_bin,
 )
+from slidesnake.train.text_inputs import TEXT_INPUTS, text_inputs
 
 log = logging.getLogger(__name__)
 
 PRIMARY_METRIC = {"classification": "auc", "multilabel": "mean_auc", "survival": "c_index"}
 BALANCE = ("weight", "sample", "none")
-# inputs the bag loop reads; text inputs belong to the vision-language rules
-BAG_INPUTS = ("features", "coords", "hierarchy")
+# inputs the bag loop reads: bags, and for vision-language bag models the training encoder's text tower and
+# the task's class descriptions (slidesnake/train/text_inputs.py)
+BAG_INPUTS = ("features", "coords", "hierarchy", *TEXT_INPUTS)
 
 
 class TrainingDataError(InputError):
@@ -88,8 +90,10 @@ def seed_everything(seed: int) -> None:
 class _BagStore:
     """Loads bags on demand and keeps them while the total stays under a memory budget."""
 
-    def __init__(self, paths: dict[str, str], input_kind: str, cache_mb: int, coords: bool = True) -> None:
-        self.paths, self.input_kind, self.coords = paths, input_kind, coords
+    def __init__(
+        self, paths: dict[str, str], input_kind: str, cache_mb: int, coords: bool = True, parents: bool = False
+    ) -> None:
+        self.paths, self.input_kind, self.coords, self.parents = paths, input_kind, coords, parents
         self.budget = cache_mb * 2**20
         self.used = 0
         self.cache: dict[str, Bag] = {}
@@ -97,8 +101,8 @@ class _BagStore:
     def __getitem__(self, slide_id: str) -> Bag:
         if slide_id in self.cache:
             return self.cache[slide_id]
-        bag = load_bag(self.paths[slide_id], self.input_kind, coords=self.coords)
-        size = bag.features.element_size() * bag.features.nelement()
+        bag = load_bag(self.paths[slide_id], self.input_kind, coords=self.coords, parent_features=self.parents)
+        size = sum(t.element_size() * t.nelement() for t in (bag.features, bag.parent_features) if t is not None)
         if self.used + size <= self.budget:
             self.cache[slide_id] = bag
             self.used += size
@@ -136,7 +140,7 @@ def _forward_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Task loss on slide logits + auxiliary branches; returns (loss, slide logits)."""
     label = target.view(-1)[:1] if task.kind == "classification" else None
-    out = model(bag.features, coords=bag.coords, mask=bag.mask, label=label)
+    out = model(bag.features, coords=bag.coords, mask=bag.mask, label=label, **bag.model_inputs())
     loss = model.bag_weight * task_loss(task.kind, out.logits.view(1, -1), target, weight)
     if out.extra_logits is not None:
         loss = loss + task_loss(task.kind, out.extra_logits.view(-1, out.logits.numel()), target, weight)
@@ -240,6 +244,8 @@ def train_fold(
     out_dir: str,
     hierarchy: dict[str, str] | None = None,
     first_stage: str | None = None,
+    text_encoder: str | None = None,
+    hier_prompts: str | None = None,
 ) -> None:
     """Train ``model_name`` on fold ``fold`` and write model.pt, history.csv, predictions.parquet to ``out_dir``.
 
@@ -247,7 +253,9 @@ def train_fold(
     ``params.patience`` epochs without improvement. Slides without patches are skipped. A two-stage
     model (registry ``first_stage``) gets the same fold's first-stage model.pt as ``first_stage``;
     it is loaded and handed to ``model.init_from_first_stage`` with the full training bags before
-    the first epoch.
+    the first epoch. A vision-language model (registry inputs ``text``, ``text_encoder``: HiVE-MIL,
+    ViLa-MIL) also gets the text tower of ``text_encoder`` (what ``load_encoder`` takes for
+    ``training.encoder``) and the task's hierarchical prompt file ``hier_prompts``; model.pt records both.
     """
     entry = registry.get(model_name)
     registry.check_task_kind(model_name, task.kind)
@@ -297,8 +305,10 @@ def train_fold(
     in_dim = feature_dim(paths[first_id])
     identity = bag_attrs(features.get(first_id, paths[first_id]))  # encoder, magnification of the features
     model_kwargs = {"dropout": params.dropout, **params.model_kwargs}
-    model = entry.build(in_dim, n_outputs, **model_kwargs).to(device)
-    store = _BagStore(paths, input_kind, params.cache_mb, coords="coords" in entry.inputs)
+    text_kwargs, text_record = text_inputs(entry, text_encoder, hier_prompts, classes, task.name)
+    model = entry.build(in_dim, n_outputs, **model_kwargs, **text_kwargs).to(device)
+    parents = bool(getattr(entry.cls, "reads_parent_features", False))
+    store = _BagStore(paths, input_kind, params.cache_mb, coords="coords" in entry.inputs, parents=parents)
     if entry.first_stage:
         record = load_checkpoint(first_stage, {"model": entry.first_stage, "in_dim": in_dim})
         first_model = registry.from_checkpoint(record).to(device)
@@ -306,7 +316,8 @@ def train_fold(
         model.init_from_first_stage(first_model, train_bags)
         del first_model, train_bags
         log.info("%s initialised from the first-stage %s checkpoint %s", model_name, entry.first_stage, first_stage)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     metrics_fn = task_metrics(task)
@@ -387,6 +398,7 @@ def train_fold(
         "survival_edges": None if edges is None else edges.tolist(),
         "best_epoch": best_epoch,
         "params": asdict(params),
+        **text_record,
     }
     save_checkpoint(out / "model.pt", checkpoint)
     write_csv(out / "history.csv", pd.DataFrame(history))

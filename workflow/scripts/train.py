@@ -29,4 +29,6 @@ train_fold(
     str(Path(snakemake.output.model).parent),
     hierarchy=bags.hierarchy() or None,
     first_stage=snakemake.input.get("first_stage"),
+    text_encoder=snakemake.params.text_encoder or None,
+    hier_prompts=snakemake.input.get("hier_prompts"),
 )

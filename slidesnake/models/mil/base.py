@@ -28,30 +28,31 @@ class FirstStageError(InputError):
 
 @dataclass
 class Bag:
-    """One slide: features (N, D) or (N5, 16, D); coords (N, 2) or parent coords (N5, 2); mask (N5, 16)."""
+    """One slide: features (N, D) or (N5, 16, D); coords (N, 2) or parent coords (N5, 2); mask (N5, 16);
+    parent_features (N5, D): the 5x parents' own features (hierarchy bags of models that read them)."""
 
     features: torch.Tensor
     coords: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    parent_features: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
     def to(self, device: torch.device) -> Bag:
         """Move every tensor to ``device``."""
-        return Bag(
-            self.features.to(device),
-            None if self.coords is None else self.coords.to(device),
-            None if self.mask is None else self.mask.to(device),
-        )
+        return Bag(*(None if t is None else t.to(device) for t in self._tensors()))
 
     def rows(self, index: torch.Tensor) -> Bag:
-        """The bag restricted to rows ``index`` (features, coords and mask together)."""
-        return Bag(
-            self.features[index],
-            None if self.coords is None else self.coords[index],
-            None if self.mask is None else self.mask[index],
-        )
+        """The bag restricted to rows ``index`` (features, coords, mask and parent features together)."""
+        return Bag(*(None if t is None else t[index] for t in self._tensors()))
+
+    def _tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return self.features, self.coords, self.mask, self.parent_features
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Keyword inputs of ``MILModel.forward`` beyond features/coords/mask that this bag carries."""
+        return {} if self.parent_features is None else {"parent_features": self.parent_features}
 
 
 def subsample(bag: Bag, max_instances: int, generator: torch.Generator) -> Bag:
@@ -107,6 +108,8 @@ class MILModel(nn.Module):
     """
 
     input_kind: str = "flat"
+    #: hierarchy models that read the 5x parents' own features (``forward(..., parent_features=)``)
+    reads_parent_features: bool = False
     #: what ``MILOutput.attention`` holds, printed on heatmaps (each model states its own)
     map_shows: str = "attention weight of each instance in the slide embedding"
     #: weight of the slide-level task loss; auxiliary losses come weighted in ``MILOutput.aux_loss``

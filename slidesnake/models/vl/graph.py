@@ -134,10 +134,12 @@ class SmallSideSAGE(SAGEConv):
     a neighbour (a target without one gets lin_r(x_i) alone, as in SAGEConv).
     """
 
-    def forward(self, x, edge_index, size=None):  # type: ignore[override]
+    def forward(self, x, edge_index, size=None, adj=None):  # type: ignore[override]
+        """``adj``: this relation's :func:`mean_adjacency`, when the caller built it once for every layer."""
         x_src, x_dst = x if isinstance(x, tuple) else (x, x)
         n_src, n_dst = x_src.shape[0], x_dst.shape[0]
-        adj = mean_adjacency(edge_index, n_src, n_dst, x_src.dtype)
+        if adj is None:
+            adj = mean_adjacency(edge_index, n_src, n_dst, x_src.dtype)
         if adj is None:
             return super().forward((x_src, x_dst), edge_index)
         lin = self.lin_l
@@ -206,9 +208,15 @@ class HiveGraphLayer(nn.Module):
             {"__".join(rel): CrossScaleAttention(dim, single_source=rel[1] == "parent_of") for rel in HIER}
         )
 
-    def forward(self, x: dict[str, torch.Tensor], data: HeteroData) -> dict[str, torch.Tensor]:
-        edges = {rel: data[rel].edge_index for rel in INTRA}
-        intra = self.intra(x, edges)
+    def forward(self, x: dict[str, torch.Tensor], data: HeteroData, adj: dict | None = None) -> dict[str, torch.Tensor]:
+        """``adj``: per intra-scale relation its dense mean adjacency (the same edges in every layer, so
+        :class:`HiveGraph` builds it once per bag); the HeteroConv sum over relations, relation by relation."""
+        adj = adj or {}
+        intra: dict[str, torch.Tensor] = {}
+        for rel in INTRA:
+            conv = self.intra.convs[rel]
+            h = conv((x[rel[0]], x[rel[2]]), data[rel].edge_index, adj=adj.get(rel))
+            intra[rel[2]] = h if rel[2] not in intra else intra[rel[2]] + h
         out = {}
         for node, h in x.items():
             update = intra.get(node, torch.zeros_like(h))
@@ -229,8 +237,13 @@ class HiveGraph(nn.Module):
 
     def forward(self, data: HeteroData) -> dict[str, torch.Tensor]:
         x = {node: data[node].x for node in (IMG5, IMG20, TXT5, TXT20)}
+        adj = {}  # built once per bag, not once per layer
+        for rel in INTRA:
+            a = mean_adjacency(data[rel].edge_index, x[rel[0]].shape[0], x[rel[2]].shape[0], x[rel[0]].dtype)
+            if a is not None:
+                adj[rel] = a
         for i, layer in enumerate(self.layers):
-            x = layer(x, data)
+            x = layer(x, data, adj)
             if i < len(self.layers) - 1:
                 x = {k: self.dropout(F.relu(v)) for k, v in x.items()}
         return {k: F.normalize(v, dim=-1) for k, v in x.items()}

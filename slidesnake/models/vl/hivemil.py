@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from slidesnake.models.mil.base import MILModel, MILOutput
+from slidesnake.models.registry import register
 from slidesnake.models.vl.graph import IMG5, IMG20, TXT5, TXT20, HiveGraph, build_graph
 from slidesnake.models.vl.hier_prompts import N_COARSE, N_FINE_PER_COARSE, HierPrompts
 from slidesnake.models.vl.prompt_learner import (
@@ -55,6 +56,7 @@ def topk_mean(sim: torch.Tensor, k: int) -> torch.Tensor:
     return sim.topk(min(k, sim.shape[0]), dim=0).values.mean(0)
 
 
+@register("hivemil", inputs=("hierarchy", "text", "text_encoder"), task_kinds=("classification",))
 class HiVEMIL(FrozenTowerMixin, MILModel):
     """HiVE-MIL on a hierarchy bag. Constructor inputs beyond the MIL contract:
 
@@ -67,6 +69,8 @@ class HiVEMIL(FrozenTowerMixin, MILModel):
     """
 
     input_kind = "hierarchy"
+    reads_parent_features = True
+    map_shows = "5x region's best similarity to a coarse description of the predicted class (0: filtered by TGDF)"
 
     def __init__(
         self,
@@ -108,14 +112,9 @@ class HiVEMIL(FrozenTowerMixin, MILModel):
             raise ValueError(f"text tower gives {t.shape[1]}-d embeddings but the features are {self.in_dim}-d")
         return t[: self.n_coarse], t[self.n_coarse :]
 
-    def forward(
-        self,
-        features: torch.Tensor,
-        coords: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        label: torch.Tensor | None = None,
-        parent_features: torch.Tensor | None = None,
-    ) -> MILOutput:
+    def _scores(self, features: torch.Tensor, mask: torch.Tensor | None, parent_features: torch.Tensor | None) -> tuple:
+        """The graph pass of one bag: (graph data, node features h, s5 (kept N5, 4C), s20 (kept children, 12C),
+        per-description top-k mean similarities: coarse (4C,), fine (12C,); γ not applied)."""
         if features.ndim != 3 or features.shape[0] == 0:
             raise ValueError(f"HiVE-MIL needs a non-empty hierarchy bag (N5, 16, D), got {tuple(features.shape)}")
         if mask is None:
@@ -128,16 +127,71 @@ class HiVEMIL(FrozenTowerMixin, MILModel):
         h = self.graph(data)
         s5 = h[IMG5] @ h[TXT5].T  # (kept N5, 4C)
         s20 = h[IMG20] @ h[TXT20].T  # (kept children, 12C)
-        c = self.n_outputs
-        low = self.gamma * topk_mean(s5, self.topk_low).view(c, -1).mean(1)
-        high = self.gamma * topk_mean(s20, self.topk_high).view(c, -1).mean(1) if len(s20) else torch.zeros_like(low)
-        logits = low + high
+        per5 = topk_mean(s5, self.topk_low)
+        per20 = topk_mean(s20, self.topk_high) if len(s20) else None
+        return data, h, s5, s20, per5, per20
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        label: torch.Tensor | None = None,
+        parent_features: torch.Tensor | None = None,
+    ) -> MILOutput:
+        data, h, s5, s20, per5, per20 = self._scores(features, mask, parent_features)
+        logits = self._logits(per5, per20)
         aux = self.htcl_weight * htcl_loss(h[TXT20], h[TXT5], self.fine_class, self.coarse_class)
         attention = features.new_zeros(features.shape[0])
         with torch.no_grad():
             pred = logits.argmax()
             attention[data[IMG5].row] = s5[:, self.coarse_class == pred].max(1).values
         return MILOutput(logits=logits, attention=attention, aux_loss=aux)
+
+    @torch.no_grad()
+    def explain(
+        self, features: torch.Tensor, mask: torch.Tensor | None = None, parent_features: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """What the slide logits are made of: ``coarse`` (4C,) and ``fine`` (12C,) per-description scores
+        (a class's logit is the mean of its coarse plus the mean of its fine ones), the ``logits``, and
+        ``hit_ratio``: HiVE-MIL's Hit Ratio@2 of the 20x descriptions under their 5x parents."""
+        data, _, s5, s20, per5, per20 = self._scores(features, mask, parent_features)
+        fine = per20 if per20 is not None else s20.new_zeros(s20.shape[1])
+        hit = hit_ratio_at_2(s5, s20, data[IMG20].parent, self.fine_parent)
+        return {
+            "coarse": self.gamma * per5,
+            "fine": self.gamma * fine,
+            "logits": self._logits(per5, per20),
+            "hit_ratio": hit,
+        }
+
+    def _logits(self, per5: torch.Tensor, per20: torch.Tensor | None) -> torch.Tensor:
+        """Slide logits: γ·(mean over a class's coarse descriptions) + γ·(mean over its fine ones)."""
+        c = self.n_outputs
+        low = self.gamma * per5.view(c, -1).mean(1)
+        high = self.gamma * per20.view(c, -1).mean(1) if per20 is not None else torch.zeros_like(low)
+        return low + high
+
+
+def hit_ratio_at_2(
+    s5: torch.Tensor, s20: torch.Tensor, child_parent: torch.Tensor, fine_parent: torch.Tensor
+) -> torch.Tensor:
+    """Hit Ratio@2 (HiVE-MIL App. F): a 5x patch is a hit if any of its children's top-1 fine description
+    belongs to one of the patch's top-2 coarse descriptions; the ratio is hits / patches.
+
+    s5 (N5, T5) patch × coarse and s20 (M, T20) child × fine similarities; child_parent (M,) each child's
+    patch row in s5; fine_parent (T20,) each fine description's coarse one.
+    """
+    if len(s5) == 0:
+        return s5.new_zeros(())
+    top2 = s5.topk(min(2, s5.shape[1]), dim=1).indices  # (N5, 2)
+    if len(s20) == 0:
+        return s5.new_zeros(())
+    parent_of_best = fine_parent.to(s20.device)[s20.argmax(1)]  # (M,) coarse description of each child's best
+    child_hit = (top2[child_parent] == parent_of_best.unsqueeze(1)).any(1)
+    hits = torch.zeros(len(s5), dtype=torch.bool, device=s5.device)
+    hits[child_parent[child_hit]] = True
+    return hits.float().mean()
 
 
 def _children_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

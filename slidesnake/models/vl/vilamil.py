@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from slidesnake.models.mil.base import GatedAttention, MILModel, MILOutput
+from slidesnake.models.registry import register
 from slidesnake.models.vl.hier_prompts import HierPrompts
 from slidesnake.models.vl.prompt_learner import N_CTX, FrozenTowerMixin, PromptLearner, TextTower
 
 N_PROTOTYPES = 16
 
 
+@register("vilamil", inputs=("hierarchy", "text", "text_encoder"), task_kinds=("classification",))
 class ViLaMIL(FrozenTowerMixin, MILModel):
     """ViLa-MIL on a hierarchy bag; constructor inputs and forward as :class:`~slidesnake.models.vl.hivemil.HiVEMIL`.
 
@@ -36,6 +38,8 @@ class ViLaMIL(FrozenTowerMixin, MILModel):
     """
 
     input_kind = "hierarchy"
+    reads_parent_features = True
+    map_shows = "prototype cross-attention over the 5x regions, weighted by the gated attention"
 
     def __init__(
         self,
