@@ -174,3 +174,15 @@ def load_task_labels(
     """The task of config entry ``tasks.<name>`` and its per-slide labels, read from the pipeline's files."""
     task = task_from_config(name, cfg)
     return task, task_labels(task, read_sheet(sheet_tsv), clinical=clinical, mutations=mutations)
+
+
+def job_task_labels(job: Any, name: str | None = None) -> tuple[Task, pd.DataFrame]:
+    """:func:`load_task_labels` for a Snakemake job: task ``name`` (default the ``task`` wildcard), its
+    config from ``params.task``, the sheet and the optional clinical/mutation tables from its inputs."""
+    return load_task_labels(
+        name if name is not None else job.wildcards.task,
+        job.params.task,
+        job.input.sheet,
+        clinical=job.input.get("clinical"),
+        mutations=job.input.get("mutations"),
+    )

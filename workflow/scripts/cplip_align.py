@@ -7,18 +7,12 @@ import pandas as pd
 
 from slidesnake.joblog import setup_job_logging
 from slidesnake.models.vl.prompts import read_prompt_dictionary
-from slidesnake.tasks import class_names, load_task_labels
+from slidesnake.tasks import class_names, job_task_labels
 from slidesnake.train.contrastive import ContrastiveParams, align_prompt_bags
 
 setup_job_logging(snakemake.log[0])
 cfg = dict(snakemake.params.cplip)
-task, labels = load_task_labels(
-    snakemake.params.task_name,
-    snakemake.params.task,
-    snakemake.input.sheet,
-    clinical=snakemake.input.get("clinical"),
-    mutations=snakemake.input.get("mutations"),
-)
+task, labels = job_task_labels(snakemake, snakemake.params.task_name)
 classes = class_names(task, labels)
 bags = read_prompt_dictionary(snakemake.input.dictionary, classes)
 slides = {}

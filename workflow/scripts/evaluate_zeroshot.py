@@ -6,10 +6,10 @@ import pandas as pd
 from slidesnake.evaluate.vl import fold_metrics, sweep_table
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
-from slidesnake.tasks import load_task_labels
+from slidesnake.tasks import job_task_labels
 
 setup_job_logging(snakemake.log[0])
-task, labels = load_task_labels(snakemake.wildcards.task, snakemake.params.task, snakemake.input.sheet)
+task, labels = job_task_labels(snakemake)
 predictions = pd.read_parquet(snakemake.input.predictions)
 write_csv(snakemake.output.metrics, fold_metrics(task, predictions, snakemake.params.bootstrap, snakemake.params.seed))
 scores = pd.read_parquet(snakemake.input.scores)

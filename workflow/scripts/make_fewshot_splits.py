@@ -2,17 +2,11 @@
 
 from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
-from slidesnake.tasks import load_task_labels
+from slidesnake.tasks import job_task_labels
 from slidesnake.train.splits import make_fewshot_splits
 
 setup_job_logging(snakemake.log[0])
-_, labels = load_task_labels(
-    snakemake.wildcards.task,
-    snakemake.params.task,
-    snakemake.input.sheet,
-    clinical=snakemake.input.get("clinical"),
-    mutations=snakemake.input.get("mutations"),
-)
+_, labels = job_task_labels(snakemake)
 shots = int(snakemake.wildcards.shots)
 tables = make_fewshot_splits(
     labels,

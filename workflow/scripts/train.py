@@ -6,17 +6,11 @@ import pandas as pd
 
 from slidesnake.features.bags import read_bag_index
 from slidesnake.joblog import setup_job_logging
-from slidesnake.tasks import load_task_labels
+from slidesnake.tasks import job_task_labels
 from slidesnake.train.loop import TrainParams, train_fold
 
 setup_job_logging(snakemake.log[0])
-task, labels = load_task_labels(
-    snakemake.wildcards.task,
-    snakemake.params.task,
-    snakemake.input.sheet,
-    clinical=snakemake.input.get("clinical"),
-    mutations=snakemake.input.get("mutations"),
-)
+task, labels = job_task_labels(snakemake)
 bags = read_bag_index(snakemake.input.bags)
 train_fold(
     task,

@@ -6,16 +6,10 @@ from slidesnake.features.bags import read_bag_index
 from slidesnake.io.atomic import write_parquet
 from slidesnake.joblog import setup_job_logging
 from slidesnake.models.vl.zeroshot import ZeroShotParams, predictions_table, read_text_bank, reorder, score_cohort
-from slidesnake.tasks import class_names, load_task_labels
+from slidesnake.tasks import class_names, job_task_labels
 
 setup_job_logging(snakemake.log[0])
-task, labels = load_task_labels(
-    snakemake.wildcards.task,
-    snakemake.params.task,
-    snakemake.input.sheet,
-    clinical=snakemake.input.get("clinical"),
-    mutations=snakemake.input.get("mutations"),
-)
+task, labels = job_task_labels(snakemake)
 params = dict(snakemake.params.zeroshot)
 magnification = params.pop("magnification")
 params["ks"] = tuple(params["ks"])
