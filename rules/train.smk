@@ -9,6 +9,12 @@ TRAIN_PARAMS = {
 }
 
 
+def train_params(wildcards):
+    """The training parameters of one model: training.lr unless training.lr_by_model names the model
+    (a params function, so changing one model's rate reruns only that model's jobs)."""
+    return {**TRAIN_PARAMS, "lr": TRAIN["lr_by_model"].get(wildcards.model, TRAIN["lr"])}
+
+
 rule splits:
     input:
         unpack(split_inputs),
@@ -56,7 +62,7 @@ rule train:
     params:
         task=task_config,
         magnification=TRAIN["magnification"],
-        train=TRAIN_PARAMS,
+        train=train_params,
         text_encoder=train_text_encoder,
     threads: 1
     resources:

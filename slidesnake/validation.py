@@ -141,6 +141,8 @@ def check_names(
         check_model(name)
     for name in config["training"].get("fewshot", {}).get("models", []):
         check_model(name, "training.fewshot.models")
+    for name in config["training"].get("lr_by_model", {}):
+        check_model(name, "training.lr_by_model")
     tables = dict(table_columns or {})
     tables.setdefault("sheet", ("the slide sheet", sheet_columns))
     for task_name, task in config.get("tasks", {}).items():

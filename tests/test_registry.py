@@ -5,6 +5,7 @@ import yaml
 
 from slidesnake.config import SCHEMA_PATH, validate_config
 from slidesnake.errors import ConfigError
+from slidesnake.validation import ConfigNameError, check_names
 from slidesnake.models import registry
 from slidesnake.models.mil import ABMIL, MODELS
 from slidesnake.models.registry import INPUTS, RegistryError, UnknownModelError
@@ -48,6 +49,12 @@ def test_bad_declarations_fail_at_registration():
 def test_a_misspelt_model_fails_config_validation():
     with pytest.raises(ConfigError, match="training.models.1"):
         validate_config({"cohort": "c", "training": {"models": ["abmil", "transmill"]}})
+
+
+def test_a_misspelt_model_in_lr_by_model_names_the_key():
+    config = validate_config({"cohort": "c", "training": {"lr_by_model": {"transmill": 2e-4}}})
+    with pytest.raises(ConfigNameError, match=r"'training.lr_by_model'.*'transmill'.*did you mean 'transmil'"):
+        check_names(config)
 
 
 def test_task_kind_check_names_the_key():

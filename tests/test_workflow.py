@@ -89,6 +89,15 @@ def test_training_parameter_reruns_only_training_and_evaluation(demo_dir: Path, 
     assert jobs["train"] == 5 and jobs["heatmaps"] == 5
 
 
+def test_per_model_learning_rate_reruns_only_that_model(demo_dir: Path, tmp_path: Path) -> None:
+    """training.lr_by_model: the same rate as training.lr changes nothing; another reruns that model's folds."""
+    same = write_config(tmp_path / "same.yaml", training={"lr_by_model": {"abmil": 1.0e-4}})
+    assert planned_jobs(run_snakemake(demo_dir, "-n", configfile=same)) == {}
+    other = write_config(tmp_path / "other.yaml", training={"lr_by_model": {"abmil": 5.0e-4}})
+    jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=other))
+    assert jobs["train"] == 5 and "features" not in jobs
+
+
 def test_segmentation_parameter_reruns_segmentation_and_downstream_only(demo_dir: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", segmentation={"params": {"sthresh": 9}})
     jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
