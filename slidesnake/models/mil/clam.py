@@ -71,13 +71,17 @@ class _CLAM(MILModel):
 
     def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, label: int) -> torch.Tensor:
         """In-class branch: top-k attended are positive, bottom-k negative; other classes: top-k negative."""
-        losses = []
         shared = None if self.multi_branch else self.top_k(weights[:, 0])  # CLAM-SB: one map for every class
-        for c, clf in enumerate(self.instance_classifiers):
-            top_idx, bottom_idx = shared or self.top_k(weights[:, c])
-            top, k = h[top_idx], len(top_idx)
+        picks = [shared or self.top_k(weights[:, c]) for c in range(len(self.instance_classifiers))]
+        # one gather of every picked row (its backward is one scatter into h's gradient, not one per class)
+        rows = h[torch.cat([torch.cat(pair) for pair in picks])]
+        losses, start = [], 0
+        for c, (clf, (top_idx, _)) in enumerate(zip(self.instance_classifiers, picks)):
+            k = len(top_idx)
+            top, bottom = rows[start : start + k], rows[start + k : start + 2 * k]
+            start += 2 * k
             if c == label:
-                x = torch.cat([top, h[bottom_idx]])
+                x = torch.cat([top, bottom])
                 y = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(h.device)
             else:
                 x, y = top, torch.zeros(k, dtype=torch.long, device=h.device)

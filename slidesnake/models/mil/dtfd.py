@@ -62,14 +62,20 @@ class DTFD(MILModel):
         return torch.tensor_split(order, min(self.n_groups, order.numel()))
 
     def _split_forward(self, h: torch.Tensor, scores: torch.Tensor, order: torch.Tensor) -> MILOutput:
-        attention = torch.empty(h.shape[0], device=h.device, dtype=h.dtype)
-        distilled = []
-        for group in self.pseudo_bags(order):
-            pooled, w = attention_pool(h[group], scores[group])
-            attention[group] = w * (len(group) / h.shape[0])  # comparable across pseudo-bags
-            distilled.append(pooled)
-        d = torch.stack(distilled)
-        slide, _ = attention_pool(d, self.tier2_attention(d))
+        groups = self.pseudo_bags(order)
+        n, rows = h.shape[0], torch.arange(h.shape[0], device=h.device)
+        group_of = torch.empty(n, dtype=torch.long, device=h.device)
+        for g, group in enumerate(groups):
+            group_of[group] = g
+        # every pseudo-bag's softmax as one (groups, N) matrix (-inf outside the group): the tier-1 pooling is
+        # then one matrix product with h, instead of a gather of h per pseudo-bag (and its scatter backward)
+        masked = scores.new_full((len(groups), n), float("-inf"))
+        masked[group_of, rows] = scores[:, 0]
+        weights = torch.softmax(masked, dim=1)
+        distilled = weights @ h
+        sizes = torch.tensor([len(g) for g in groups], device=h.device, dtype=h.dtype)
+        attention = weights[group_of, rows] * (sizes[group_of] / n)  # comparable across pseudo-bags
+        slide, _ = attention_pool(distilled, self.tier2_attention(distilled))
         return MILOutput(
-            logits=self.tier2_classifier(slide), attention=attention, extra_logits=self.tier1_classifier(d)
+            logits=self.tier2_classifier(slide), attention=attention, extra_logits=self.tier1_classifier(distilled)
         )
