@@ -250,6 +250,23 @@ def test_patchgcn_output_follows_coordinates_not_row_order():
     assert (shuffled - base).abs().max() > 1e-4  # positions do
 
 
+def test_patchgcn_aggregates_neighbours_by_a_learnt_softmax():
+    """The reference's GENConv softmax aggregation: between the mean and the max of a node's neighbour
+    messages (a lone strong focus survives, unlike under a mean), with a temperature that is learnt."""
+    torch.manual_seed(0)
+    model = build_model("patchgcn", DIM, 2, hidden=16, dropout=0.0)
+    convs = [model.first_conv, *(layer.conv for layer in model.layers)]
+    bag = _grid_bag(64)
+    model(bag.features, coords=bag.coords).logits.sum().backward()
+    for conv in convs:
+        t = conv.aggr_module.t
+        assert isinstance(t, torch.nn.Parameter) and t.grad is not None and float(t.grad.abs()) > 0
+    messages = torch.tensor([[0.0], [0.0], [0.0], [0.0], [0.0], [0.0], [0.0], [4.0]])  # 8 neighbours, one focus
+    with torch.no_grad():
+        value = float(convs[0].aggr_module(messages, torch.zeros(8, dtype=torch.long), dim_size=1))
+    assert messages.mean() + 0.5 < value < messages.max()
+
+
 def test_patchgcn_training_bag_is_a_contiguous_crop_with_the_full_graph_spacing():
     model = build_model("patchgcn", DIM, 2)
     bag = _grid_bag(900)
