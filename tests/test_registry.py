@@ -5,10 +5,10 @@ import yaml
 
 from slidesnake.config import SCHEMA_PATH, validate_config
 from slidesnake.errors import ConfigError
-from slidesnake.validation import ConfigNameError, check_names
 from slidesnake.models import registry
 from slidesnake.models.mil import ABMIL, MODELS
 from slidesnake.models.registry import INPUTS, RegistryError, UnknownModelError
+from slidesnake.validation import ConfigNameError, check_names
 
 
 def test_schema_enum_lists_exactly_the_registered_models():
