@@ -183,6 +183,20 @@ def split_inputs(wildcards):
     return {"sheet": sheet_file(), **label_tables(wildcards)}
 
 
+TRAIN_PARAMS = {
+    key: TRAIN[key]
+    for key in sorted(
+        ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "balance", "device")
+    )
+}
+
+
+def train_params(wildcards):
+    """The training parameters of one model: training.lr unless training.lr_by_model names the model
+    (a params function, so changing one model's rate reruns only that model's jobs)."""
+    return {**TRAIN_PARAMS, "lr": TRAIN["lr_by_model"].get(wildcards.model, TRAIN["lr"])}
+
+
 def is_fewshot(model):
     """Whether ``model`` trains on the few-shot splits (training.fewshot.models) rather than the k folds."""
     return model in FEWSHOT["models"]

@@ -1,20 +1,6 @@
 """Patient-level splits (k folds; few-shot N per class x repeats) and one training job per (task, model,
 encoder, fold); a few-shot model's fold is its repeat (DESIGN §3)."""
 
-TRAIN_PARAMS = {
-    key: TRAIN[key]
-    for key in sorted(
-        ("epochs", "patience", "lr", "weight_decay", "dropout", "seed", "max_instances", "balance", "device")
-    )
-}
-
-
-def train_params(wildcards):
-    """The training parameters of one model: training.lr unless training.lr_by_model names the model
-    (a params function, so changing one model's rate reruns only that model's jobs)."""
-    return {**TRAIN_PARAMS, "lr": TRAIN["lr_by_model"].get(wildcards.model, TRAIN["lr"])}
-
-
 rule splits:
     input:
         unpack(split_inputs),
