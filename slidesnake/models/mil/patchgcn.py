@@ -6,9 +6,10 @@ spatial neighbours. As the reference (mahmoodlab/Patch-GCN ``PatchGCN_Surv``): a
 instance embedding, a GENConv (softmax aggregation with a learnt temperature, torch-geometric) and
 then residual DeepGCN blocks (GENConv -> LayerNorm -> ReLU, + input, dropout 0.1), the outputs of
 every stage concatenated (width 4 x hidden), then path_phi (Linear-ReLU-Dropout), a gated-attention
-readout and path_rho on that full width. The softmax aggregation matters: a mean over 8 neighbours
-dilutes a small focus, while softmax aggregation (max-like per channel) keeps it; an earlier mean-
-aggregation variant with a 4x-narrower readout stayed at chance (loss ln 2) on demo_hard.
+readout and path_rho on that full width. Softmax aggregation lies between the mean and the max of a
+node's neighbour messages, so a lone focus patch is not averaged away. Known limit: on demo_hard
+(about 38 training bags of about 150 patches) this model, like the earlier mean-aggregation variant,
+stays near chance (training loss at ln 2) where ABMIL learns; see the issue 10 note.
 A training bag larger than ``max_instances`` is cropped to a spatially contiguous disc (the nearest
 ``max_instances`` patches of a random patch), not a random subset: the graph then links the same
 neighbours at the same spacing as the full-bag graph evaluation sees.
