@@ -538,6 +538,15 @@ def _check_vl_config():
             raise ValueError(f"config key 'vl.cplip.task' is {task!r}; classification tasks: {ZS_TASKS}")
         path = os.path.join(workflow.basedir, "config", "prompts", f"{CPLIP['dictionary']}.json")
         read_prompt_dictionary(path, _task_classes(task))
+        if CPLIP_NAME not in ENCODERS:
+            raise ValueError(
+                f"config key 'vl.cplip.enabled' is true but 'features.encoders' {list(ENCODERS.values())} lacks "
+                f"{CPLIP_NAME!r}: add it there, so its features are extracted and its zero-shot scored next to {CPLIP['base']!r}"
+            )
+        if CPLIP["fold"] >= TRAIN["folds"]:
+            raise ValueError(
+                f"config key 'vl.cplip.fold' is {CPLIP['fold']}; 'training.folds' is {TRAIN['folds']}, so folds are 0..{TRAIN['folds'] - 1}"
+            )
 
 
 _check_vl_config()
@@ -553,6 +562,12 @@ def zeroshot_inputs(wildcards):
         "folds": f"results/{COHORT}/splits/{wildcards.task}/folds.csv",
         **split_inputs(wildcards),
     }
+
+
+def zeroshot_only_fold(wildcards):
+    """The CPLIP-aligned encoder is scored on its fold's test patients only (the others trained or
+    early-stopped it); every other encoder on every slide, each in its test fold."""
+    return CPLIP["fold"] if CPLIP["enabled"] and wildcards.encoder == CPLIP_NAME else None
 
 
 def zeroshot_tile_inputs(wildcards):

@@ -87,6 +87,7 @@ rule zeroshot:
     params:
         task=task_config,
         zeroshot={key: ZS[key] for key in ("ks", "magnification", "n_prompt_sets", "seed", "smoothing_k", "top_k")},
+        only_fold=zeroshot_only_fold,
     log:
         "results/logs/{cohort}/zeroshot/{task}/{prompts}/{encoder}.log",
     benchmark:

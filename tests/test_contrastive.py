@@ -137,3 +137,23 @@ def test_cplip_tunes_only_the_projection_heads_by_default_and_bags_are_class_pos
     assert len(texts) == 6 and index.tolist() == [0, 0, 0, 0, 1, 1] and set(texts[4:]) == {"b0", "b1"}
     mask = positive_mask(torch.tensor([0, 1, 1]), torch.from_numpy(index))
     assert mask.tolist()[0] == [True] * 4 + [False] * 2 and mask.tolist()[1] == [False] * 4 + [True] * 2
+
+
+def test_a_retrieved_image_bag_holds_a_slides_class_focus_that_a_random_bag_mostly_misses():
+    """CPLIP's retrieved visual bags: of a slide whose class shows in 6 of 200 patches (the rest a stroma
+    that both classes share), the 6 patches closest to its class direction are exactly the focus."""
+    from slidesnake.models.vl.cplip import class_directions, retrieve_bag
+
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(6, 16))
+    text_class = np.array([0, 0, 0, 1, 1, 1])
+    directions = class_directions(text, text_class, 2)
+    manual = text[:3] / np.linalg.norm(text[:3], axis=1, keepdims=True)
+    np.testing.assert_allclose(directions[0], manual.mean(0) / np.linalg.norm(manual.mean(0)), rtol=1e-6)
+    stroma = rng.normal(size=(200, 16))
+    focus = rng.choice(200, size=6, replace=False)
+    stroma[focus] = 3 * directions[1] + 0.3 * rng.normal(size=(6, 16))
+    assert retrieve_bag(stroma, directions[1], 6).tolist() == sorted(focus.tolist())
+    random_bag = rng.choice(200, size=6, replace=False)
+    assert len(set(random_bag) & set(focus)) <= 2
+    assert retrieve_bag(stroma[:4], directions[1], 6).tolist() == [0, 1, 2, 3]  # fewer patches than the bag

@@ -254,7 +254,7 @@ def test_pipeline_runs_from_a_fake_gdc_through_features(tmp_path):
     encoders = {
         "features": {"encoders": ["tiny-clip"]},
         "training": {"encoder": "tiny-clip"},
-        "vl": {"zeroshot": {"prompts": []}},
+        "vl": {"zeroshot": {"prompts": []}, "cplip": {"enabled": False}},
     }
     config = write_config(workdir / "config.yaml", cohort="t", source="gdc", segmentation={"preset": "biopsy"}, **encoders, gdc={
         "api": srv.url, "projects": ["TCGA-LUAD", "TCGA-LUSC"], "retries": 2, "timeout_s": 10,

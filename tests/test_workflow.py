@@ -180,7 +180,7 @@ def test_bad_slides_do_not_stop_the_cohort(demo_dir: Path, tmp_path: Path) -> No
         sheet=str(tmp_path / "sheet.tsv"),
         features={"encoders": ["tiny-clip"]},  # demo-clip exists only for source: demo
         training={"encoder": "tiny-clip"},
-        vl={"zeroshot": {"prompts": []}},
+        vl={"zeroshot": {"prompts": []}, "cplip": {"enabled": False}},
     )
     run_snakemake(tmp_path, "--cores", "2", "results/bad/qc.parquet", configfile=config)
     qc = pd.read_parquet(tmp_path / "results/bad/qc.parquet").set_index("slide")
@@ -211,3 +211,27 @@ def test_demo_clip_zero_shot_comes_from_alignment_and_tiny_clip_sits_at_chance(d
     assert predictions["slide_id"].is_unique and (predictions["split"] == "test").all()
     training = yaml.safe_load((demo_dir / "results/demo/encoders/demo-clip/training.json").read_text())
     assert training["name"] == "demo-clip" and training["seconds"] <= 180
+
+
+def test_cplip_aligned_demo_clip_is_scored_on_its_folds_test_patients_and_does_not_lower_auc(demo_dir: Path) -> None:
+    """Issue 12: demo-clip after CPLIP alignment on fold 0's train patients, its zero-shot on fold 0's test
+    patients only; on those patients it does not score below demo-clip (vl_comparison.csv *_common)."""
+    folds = pd.read_csv(demo_dir / "results/demo/splits/subtype/folds.csv")
+    fold0 = folds[folds["fold"] == 0]
+    test = set(fold0.loc[fold0["split"] == "test", "slide_id"])
+    base = "results/demo/models/subtype/zeroshot-demo"
+    aligned = pd.read_parquet(demo_dir / f"{base}/demo-clip-cplip/predictions.parquet")
+    assert set(aligned["slide_id"]) <= test and len(aligned) >= len(test) - 1  # the empty slide has no patches
+    training = yaml.safe_load((demo_dir / "results/demo/encoders/demo-clip-cplip/training.json").read_text())
+    assert training["objective"] == "milnce" and training["image_bag"] == "retrieved"
+    assert not set(training["train_slides"]) & test and not set(training["val_slides"]) & test
+    table = pd.read_csv(demo_dir / "results/demo/eval/vl_comparison.csv").set_index(["model", "encoder"])
+    after, before = table.loc[("zeroshot-demo", "demo-clip-cplip")], table.loc[("zeroshot-demo", "demo-clip")]
+    assert after["auc"] >= before["auc_common"], table.to_string()
+
+
+def test_cplip_without_its_encoder_in_features_fails_before_any_job(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", features={"encoders": ["demo-clip", "tiny-clip"]})
+    proc = run_snakemake(tmp_path, "-n", configfile=config, check=False)
+    assert proc.returncode != 0
+    assert "'vl.cplip.enabled'" in proc.stdout + proc.stderr and "'demo-clip-cplip'" in proc.stdout + proc.stderr

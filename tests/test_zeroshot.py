@@ -152,6 +152,12 @@ def test_every_slide_is_scored_once_in_its_test_fold_with_the_trained_models_con
     assert (probs.argmax(1) == pred["target"].to_numpy()).all()  # the few aligned tiles decide the slide
     with h5py.File(tmp_path / "tiles.h5") as f:
         assert f["S0/logits"].shape == (30, 2) and json.loads(f.attrs["classes"]) == bank.classes
+    # an encoder aligned on fold 1's train patients (CPLIP) is scored on fold 1's test slides only
+    held_out = predictions_table(scores, labels, folds, bank.classes, 5, only_fold=1)
+    expected = set(folds.query("fold == 1 and split == 'test'")["slide_id"])
+    assert set(held_out["slide_id"]) == expected and (held_out["fold"] == 1).all()
+    with pytest.raises(ZeroShotError, match="fold 7 has no test slide"):
+        predictions_table(scores, labels, folds, bank.classes, 5, only_fold=7)
 
 
 def test_top_k_mean_finds_a_small_focus_that_the_mean_of_all_tiles_misses(tmp_path):

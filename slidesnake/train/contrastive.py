@@ -327,18 +327,32 @@ def align_prompt_bags(
     texts_per_class: int = 8,
     tau: float = 0.07,
     tune: str = "projection",
+    image_bag: str = "retrieved",
+    candidates_per_slide: int = 512,
     params: ContrastiveParams | None = None,
     fallback_mpp: float | None = None,
 ) -> list[dict[str, float]]:
     """CPLIP-style MIL-NCE alignment of an open_clip encoder (``base``) with a prompt dictionary.
 
     ``slides``: slide_id -> (slide file, coords at ``magnification``); ``split``: slide_id -> train/val/test
-    (only train slides are trained on; val gives early stopping; test is never read). Writes the aligned
-    encoder as an open_clip folder (``training.json`` names it ``name``).
+    (only train slides are trained on; val gives early stopping; test is never read). Each slide's image
+    bag is ``image_bag`` (slidesnake/models/vl/cplip.py): its ``tiles_per_slide`` patches most similar to
+    its class under the untuned base (of ``candidates_per_slide`` random ones), or a random sample.
+    Writes the aligned encoder as an open_clip folder (``training.json`` names it ``name``).
     """
     from slidesnake.device import select_device
     from slidesnake.features.encoders import load_encoder
-    from slidesnake.models.vl.cplip import positive_mask, text_bag, trainable_parameters
+    from slidesnake.models.vl.cplip import (
+        IMAGE_BAGS,
+        class_directions,
+        positive_mask,
+        retrieve_bag,
+        text_bag,
+        trainable_parameters,
+    )
+
+    if image_bag not in IMAGE_BAGS:
+        raise ValueError(f"vl.cplip.image_bag is {image_bag!r}; one of {IMAGE_BAGS}")
 
     params = params or ContrastiveParams(epochs=30, lr=1e-3, weight_decay=0.0, patience=5)
     device = select_device(params.device)
@@ -349,7 +363,17 @@ def align_prompt_bags(
     trainable = trainable_parameters(model, tune)
     rng = np.random.default_rng(params.seed)
     image_size = encoder.spec.image_size
+    tokens_of = encoder.tokenizer
+    all_texts = [t for c in classes for t in bags[c]]
+    all_class = np.array([k for k, c in enumerate(classes) for _ in bags[c]])
+    directions = None
+    if image_bag == "retrieved":
+        model.eval()
+        with torch.no_grad():
+            text = model.encode_text(tokens_of(all_texts).to(device)).float().cpu().numpy()
+        directions = class_directions(text, all_class, len(classes))
     tiles, targets = {}, {}
+    started = time.monotonic()
     for part in ("train", "val"):
         chosen = [s for s in slides if split.get(s) == part and len(slides[s][1])]
         if part == "train" and not chosen:
@@ -357,12 +381,30 @@ def align_prompt_bags(
         images, image_class = [], []
         for slide_id in chosen:
             path, coords = slides[slide_id]
-            pick = rng.choice(len(coords), size=min(tiles_per_slide, len(coords)), replace=False)
-            images.append(torch.from_numpy(read_slide_tiles(path, coords[np.sort(pick)], magnification, image_size)))
-            image_class.append(torch.full((len(pick),), labels[slide_id]))
+            n_read = tiles_per_slide if directions is None else max(tiles_per_slide, candidates_per_slide)
+            pick = np.sort(rng.choice(len(coords), size=min(n_read, len(coords)), replace=False))
+            pixels = read_slide_tiles(path, coords[pick], magnification, image_size)
+            if directions is not None:
+                with torch.no_grad():
+                    embedded = [
+                        model.encode_image(encoder.preprocess(torch.from_numpy(pixels[i : i + 256]))).float().cpu()
+                        for i in range(0, len(pixels), 256)
+                    ]
+                pixels = pixels[
+                    retrieve_bag(torch.cat(embedded).numpy(), directions[labels[slide_id]], tiles_per_slide)
+                ]
+            images.append(torch.from_numpy(pixels))
+            image_class.append(torch.full((len(pixels),), labels[slide_id]))
         tiles[part] = torch.cat(images) if images else torch.zeros((0, image_size, image_size, 3), torch.uint8)
         targets[part] = torch.cat(image_class) if image_class else torch.zeros(0, dtype=torch.long)
-    tokens_of = encoder.tokenizer
+    log.info(
+        "CPLIP image bags (%s): %d train / %d val tiles from %d slides in %.0f s",
+        image_bag,
+        len(tiles["train"]),
+        len(tiles["val"]),
+        sum(split.get(s) in ("train", "val") for s in slides),
+        time.monotonic() - started,
+    )
     generator = torch.Generator().manual_seed(params.seed)
     batch = 256
 
@@ -378,8 +420,7 @@ def align_prompt_bags(
             texts, text_class = text_bag(bags, classes, texts_per_class, rng)
             yield _augment(tiles["train"][idx], generator), targets["train"][idx], texts, torch.from_numpy(text_class)
 
-    val_texts = [t for c in classes for t in bags[c]]
-    val_class = torch.tensor([k for k, c in enumerate(classes) for _ in bags[c]])
+    val_texts, val_class = all_texts, torch.from_numpy(all_class)
 
     def validation() -> float:
         losses = [
@@ -410,6 +451,8 @@ def align_prompt_bags(
             "base": base,
             "tune": tune,
             "tau": tau,
+            "image_bag": image_bag,
+            "candidates_per_slide": candidates_per_slide if image_bag == "retrieved" else None,
             "tiles_per_slide": tiles_per_slide,
             "texts_per_class": texts_per_class,
             "magnification": magnification,

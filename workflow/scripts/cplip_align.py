@@ -38,6 +38,8 @@ align_prompt_bags(
     texts_per_class=cfg["texts_per_class"],
     tau=cfg["tau"],
     tune=cfg["tune"],
+    image_bag=cfg["image_bag"],
+    candidates_per_slide=cfg["candidates_per_slide"],
     params=ContrastiveParams(
         epochs=cfg["epochs"],
         lr=cfg["lr"],

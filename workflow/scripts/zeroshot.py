@@ -21,4 +21,7 @@ features = {s: features[s] for s in labels["slide_id"] if s in features}
 scores = score_cohort(features, bank, zs, snakemake.output.tiles)
 folds = pd.read_csv(snakemake.input.folds, dtype={"slide_id": str, "case_id": str})
 write_parquet(snakemake.output.scores, scores)
-write_parquet(snakemake.output.predictions, predictions_table(scores, labels, folds, classes, zs.top_k))
+write_parquet(
+    snakemake.output.predictions,
+    predictions_table(scores, labels, folds, classes, zs.top_k, snakemake.params.only_fold),
+)

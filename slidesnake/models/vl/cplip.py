@@ -6,11 +6,20 @@ of an image's class as a positive, both directions. By default only the projecti
 (``visual.proj`` and ``text_projection`` of an open_clip CLIP; the towers stay frozen); ``last_block``
 also tunes the last transformer block of each tower.
 
+Image bags (``image_bag``): CPLIP retrieves the visual bag of each description with a pretrained VLM
+(PLIP in the paper, vl-methods.md §1). We do the same with the base encoder before tuning: of
+``candidates_per_slide`` random patches of a training slide, the ``tiles_per_slide`` most similar to
+the slide's class (the renormalised mean of its dictionary descriptions) form its bag (``retrieved``,
+the default). ``random`` takes a random sample instead. Retrieval matters when the class shows in a
+minority of the tissue: a random bag of a demo_hard slide is mostly the stroma both classes share, and
+MIL-NCE then ties that stroma to every class's descriptions.
+
 Choices (CPLIP's bag sizes and temperature are not published, vl-methods.md §1): image bag = 64 tiles
-per slide (the top-K order of magnitude zero-shot pools over), text bag = 8 descriptions sampled per
-class per step (about a third of a 9-12 entry dictionary, so steps see varied positives), τ = 0.07 (CLIP's
-initial temperature, ln(1/0.07) = logit_scale init of CPLIP's MI-Zero config). All three are exposed
-as config keys (vl.cplip.tiles_per_slide, texts_per_class, tau).
+per slide (the top-K order of magnitude zero-shot pools over) retrieved from 512 candidates, text bag =
+8 descriptions sampled per class per step (about a third of a 9-12 entry dictionary, so steps see varied
+positives), τ = 0.07 (CLIP's initial temperature, ln(1/0.07) = logit_scale init of CPLIP's MI-Zero
+config). All are config keys (vl.cplip.image_bag, candidates_per_slide, tiles_per_slide,
+texts_per_class, tau).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import numpy as np
 import torch
 
 TUNE_MODES = ("projection", "last_block")
+IMAGE_BAGS = ("retrieved", "random")
 
 
 def text_bag(
@@ -63,3 +73,18 @@ def trainable_parameters(model: torch.nn.Module, tune: str = "projection") -> li
             p.requires_grad_(True)
             params.append(p)
     return params
+
+
+def class_directions(text: np.ndarray, text_class: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, D): per class, the renormalised mean of its L2-normalised description embeddings."""
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    means = np.stack([text[text_class == k].mean(axis=0) for k in range(n_classes)])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def retrieve_bag(image: np.ndarray, direction: np.ndarray, size: int) -> np.ndarray:
+    """Indices (ascending) of the ``size`` rows of ``image`` (N, D) most cosine-similar to ``direction`` (D,)."""
+    if size >= len(image):
+        return np.arange(len(image))
+    sim = (image / np.linalg.norm(image, axis=1, keepdims=True)) @ direction
+    return np.sort(np.argpartition(-sim, size - 1)[:size])

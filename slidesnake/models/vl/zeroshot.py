@@ -369,11 +369,25 @@ def choose_k(scores: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame, cl
 
 
 def predictions_table(
-    scores: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame, classes: list[str], top_k: int | str
+    scores: pd.DataFrame,
+    labels: pd.DataFrame,
+    folds: pd.DataFrame,
+    classes: list[str],
+    top_k: int | str,
+    only_fold: int | None = None,
 ) -> pd.DataFrame:
     """The trained-model predictions contract: one row per scored slide, split "test", fold = its test
-    fold, the task's target columns and prob_<class> of the full prompt set at the chosen K."""
+    fold, the task's target columns and prob_<class> of the full prompt set at the chosen K.
+
+    ``only_fold`` keeps that fold's test slides only: an encoder aligned on one fold's train patients
+    (CPLIP) has seen every other slide's patients, or chose its epoch on them."""
     table = labels.merge(slide_test_fold(folds), on="slide_id", how="inner")
+    if only_fold is not None:
+        table = table[table["fold"] == only_fold]
+        if table.empty:
+            raise ZeroShotError(
+                f"fold {only_fold} has no test slide with a label (folds: {sorted(folds['fold'].unique())})"
+            )
     full = scores[scores["prompt_set"] == FULL_SET]
     if top_k == "val":
         chosen = choose_k(scores, labels, folds, classes)
