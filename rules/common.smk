@@ -192,9 +192,14 @@ TRAIN_PARAMS = {
 
 
 def train_params(wildcards):
-    """The training parameters of one model: training.lr unless training.lr_by_model names the model
-    (a params function, so changing one model's rate reruns only that model's jobs)."""
-    return {**TRAIN_PARAMS, "lr": TRAIN["lr_by_model"].get(wildcards.model, TRAIN["lr"])}
+    """The training parameters of one model: training.lr and training.accumulate unless
+    training.lr_by_model / accumulate_by_model name the model (a params function, so changing one
+    model's setting reruns only that model's jobs)."""
+    return {
+        **TRAIN_PARAMS,
+        "lr": TRAIN["lr_by_model"].get(wildcards.model, TRAIN["lr"]),
+        "accumulate": TRAIN["accumulate_by_model"].get(wildcards.model, TRAIN["accumulate"]),
+    }
 
 
 def is_fewshot(model):

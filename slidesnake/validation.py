@@ -141,8 +141,9 @@ def check_names(
         check_model(name)
     for name in config["training"].get("fewshot", {}).get("models", []):
         check_model(name, "training.fewshot.models")
-    for name in config["training"].get("lr_by_model", {}):
-        check_model(name, "training.lr_by_model")
+    for key in ("lr_by_model", "accumulate_by_model"):
+        for name in config["training"].get(key, {}):
+            check_model(name, f"training.{key}")
     tables = dict(table_columns or {})
     tables.setdefault("sheet", ("the slide sheet", sheet_columns))
     for task_name, task in config.get("tasks", {}).items():

@@ -191,3 +191,25 @@ def test_checkpoint_records_what_the_model_was_trained_on(cohort):
     record = torch.load(root / "abmil/fold0/model.pt", weights_only=True)
     assert {"model", "encoder", "magnification", "classes", "task", "params"} <= set(record)
     assert record["model"] == "abmil" and record["params"]["balance"] == "weight"
+
+
+def test_gradient_accumulation_steps_once_per_that_many_bags(cohort, monkeypatch):
+    """training.accumulate: ceil(n_train / k) optimiser steps per epoch, the same summed gradient as one
+    k-bag batch; accumulate 1 steps once per bag."""
+    root, task, feats, labels, folds = cohort
+    n_train = int(((folds["fold"] == 0) & (folds["split"] == "train") & (folds["slide_id"] != "EMPTY0")).sum())
+    steps = []
+    original = torch.optim.AdamW.step
+
+    def counting(self, *args, **kwargs):
+        steps.append(sum(p.grad is not None for group in self.param_groups for p in group["params"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting)
+    for accumulate in (1, 4):
+        steps.clear()
+        params = TrainParams(**{**FAST, "epochs": 2, "patience": 5, "accumulate": accumulate})
+        train_fold(task, "abmil", feats, labels, folds, 0, params, str(root / f"acc{accumulate}"))
+        assert len(steps) == 2 * -(-n_train // accumulate), (accumulate, n_train, len(steps))
+    checkpoint = torch.load(root / "acc4/model.pt", weights_only=False)
+    assert checkpoint["params"]["accumulate"] == 4

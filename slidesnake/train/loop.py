@@ -64,6 +64,8 @@ class TrainParams:
     class-balanced probabilities instead, "none" does neither; survival tasks are never balanced.
     cache_mb bounds the bags kept in memory between epochs; num_threads > 0 caps torch CPU threads
     (match the rule's ``threads:``; 0 = torch default); model_kwargs go to the model constructor.
+    accumulate > 1 takes one optimiser step per that many bags (each bag's loss divided by it, and a
+    last, partial step at the end of an epoch), as the Patch-GCN reference's gradient accumulation.
     """
 
     epochs: int = 50
@@ -77,6 +79,7 @@ class TrainParams:
     device: str = "auto"
     cache_mb: int = 2048
     num_threads: int = 0
+    accumulate: int = 1
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -332,12 +335,14 @@ def train_fold(
         train_losses = []
         n = len(train_ids)
         order = rng.permutation(n) if draw is None else rng.choice(n, n, p=draw)
-        for slide_id in train_ids[order]:
+        optimizer.zero_grad()
+        for step, slide_id in enumerate(train_ids[order], 1):
             bag = model.training_bag(store[slide_id], params.max_instances, generator).to(device)
             loss, _ = _forward_loss(model, task, bag, targets[slide_id].to(device), weight)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            (loss / params.accumulate if params.accumulate > 1 else loss).backward()
+            if step % params.accumulate == 0 or step == n:
+                optimizer.step()
+                optimizer.zero_grad()
             train_losses.append(float(loss.detach()))
         val_loss, val_scores = _evaluate(model, task, parts["val"], store, targets, weight, device)
         val_metric = float("nan")
