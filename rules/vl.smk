@@ -60,7 +60,7 @@ rule cplip_align:
     params:
         base=encoder_source(CPLIP["base"]),
         name=CPLIP_NAME,
-        task=TASKS.get(CPLIP_TASK, {}) if CPLIP_TASK else {},
+        task=task_config(SimpleNamespace(task=CPLIP_TASK)) if CPLIP_TASK else {},
         task_name=CPLIP_TASK,
         cplip={key: CPLIP[key] for key in sorted(CPLIP) if key not in ("enabled", "base", "dictionary", "task")},
         mpp_fallback=config["mpp_fallback"],
