@@ -22,6 +22,15 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_next_write_removes_a_killed_writers_temp_file(tmp_path) -> None:
+    """kill -9 skips the ``finally`` that deletes the temp file; the rerun's write cleans it up."""
+    target = tmp_path / "predictions.parquet"
+    (tmp_path / ".tmp-predictions.parquet.abc123").write_text("half")  # what SIGKILL leaves
+    (tmp_path / ".tmp-other.parquet.def456").write_text("another output's writer")
+    write_json(target, {"v": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other.parquet.def456", "predictions.parquet"]
+
+
 def test_h5_keeps_empty_shapes_and_attrs(tmp_path) -> None:
     write_h5(tmp_path / "f.h5", {"coords": np.zeros((0, 2), np.int64)}, {"encoder": "e", "mpp_source": None})
     with h5py.File(tmp_path / "f.h5") as f:

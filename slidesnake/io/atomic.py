@@ -1,12 +1,15 @@
 """Atomic file writers: write to a temp file in the target folder, then rename.
 
 Snakemake (and a user's ``ls``) must never see half a file: a job killed mid-write
-leaves only a ``.tmp-*`` file behind, never a truncated output with a valid name.
+leaves only a ``.tmp-*`` file behind, never a truncated output with a valid name; the next
+successful write of that output removes such leftovers (Snakemake runs one job per output, so a
+``.tmp-<name>.*`` sibling that is not the current writer's belongs to a killed earlier write).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -37,8 +40,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; give the output the mode a plain open() would (shared cluster storage)
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
+        _remove_leftovers(target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete the temp files that killed earlier writes of ``target`` left beside it."""
+    for stale in target.parent.glob(f".tmp-{glob.escape(target.name)}.*"):
+        stale.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
