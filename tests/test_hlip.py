@@ -281,3 +281,51 @@ def test_tune_hlip_without_pairs_is_a_clear_error(tmp_path):
     tiles = {"S0": _tile_file(tmp_path / "S0.h5", (200, 10, 10))}
     with pytest.raises(HlipError, match="no training pairs"):
         tune_hlip("tiny-clip", tiles, {"S0": "C0"}, {}, {"S0": "train"}, str(tmp_path / "enc"))
+
+
+def test_run_retrieval_from_pipeline_files_writes_metrics_maps_and_the_comparison(tmp_path):
+    """The retrieval rule's path end to end: sheet, clinical table, captions, folds and per-slide
+    features files in -> metrics.csv, maps.h5 and the figure out; two encoders' metrics -> comparison."""
+    from slidesnake.data.captions import write_clinical_captions
+    from slidesnake.data.demo import demo_sheet
+    from slidesnake.evaluate.retrieval import RetrievalParams, comparison_table, run_retrieval
+    from slidesnake.features.encoders import load_encoder
+
+    cfg = DemoConfig(n_patients=8, slides_per_patient=1)
+    sheet = demo_sheet(cfg, tmp_path / "slides")
+    sheet.to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    demo_clinical(cfg).to_parquet(tmp_path / "clinical.parquet")
+    write_clinical_captions(str(tmp_path / "clinical.parquet"), str(tmp_path / "captions.parquet"),
+                            str(tmp_path / "slides.tsv"))  # fmt: skip
+    splits = ["test" if i % 2 else "train" for i in range(len(sheet))]
+    folds = sheet[["slide_id", "case_id"]].assign(fold=0, split=splits)
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    dim = load_encoder("tiny-clip", "cpu").spec.dim
+    rng = np.random.default_rng(0)
+    files = []
+    for slide_id in sheet["slide_id"]:
+        path = tmp_path / "features" / f"{slide_id}.h5"
+        coords = np.stack(np.meshgrid(np.arange(4), np.arange(3)), -1).reshape(-1, 2) * 512
+        write_h5(path, {"features": rng.normal(size=(len(coords), dim)).astype(np.float32), "coords": coords})
+        files.append(str(path))
+    out = {}
+    for name in ("a", "b"):
+        out[name] = tmp_path / name / "metrics.csv"
+        metrics = run_retrieval(
+            "tiny-clip", files, str(tmp_path / "captions.parquet"), str(tmp_path / "clinical.parquet"),
+            str(tmp_path / "folds.csv"), str(tmp_path / "slides.tsv"), 0, str(out[name]),
+            str(tmp_path / name / "maps.h5"), str(tmp_path / name / "maps.png"),
+            params=RetrievalParams(f1_ks=(5,), recall_ks=(1, 5), repeats=5), device="cpu",
+        )  # fmt: skip
+        assert (tmp_path / name / "maps.png").stat().st_size > 0
+        with h5py.File(tmp_path / name / "maps.h5") as f:
+            assert len(f.keys()) > 0
+    written = pd.read_csv(out["a"])
+    assert len(written) == len(metrics) and "index" not in written.columns and "Unnamed: 0" not in written.columns
+    assert {"image_to_text_recall", "text_to_image_recall", "stage_accuracy", "survival_cindex"} <= set(
+        written["metric"]
+    )
+    recall = written[written["metric"] == "image_to_text_recall"].set_index("k")["value"]
+    assert 0 <= recall.loc[1] <= recall.loc[5] <= 1
+    both = comparison_table([str(out["a"]), str(out["b"])])
+    assert len(both) == len(written) and "tiny-clip" in both.columns

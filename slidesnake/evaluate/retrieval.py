@@ -508,7 +508,7 @@ def run_retrieval(
         slide_labels,
         params,
     )
-    write_csv(out_metrics, metrics, index=False)
+    write_csv(out_metrics, metrics)
     if out_maps:
         write_maps(out_maps, maps)
     if out_figure:
@@ -517,12 +517,15 @@ def run_retrieval(
 
 
 def comparison_table(metrics_files: list[str]) -> pd.DataFrame:
-    """The encoders' metrics side by side: one row per (metric, group, k), a value column per encoder."""
+    """The encoders' metrics side by side: one row per (metric, group, k), a value column per encoder
+    (an undefined statistic, e.g. a t-test on a group of one, stays as a NaN row)."""
     frames = [pd.read_csv(p) for p in metrics_files]
     long = pd.concat(frames, ignore_index=True)
     long["k"] = long["k"].fillna(-1)
-    wide = long.pivot_table(index=["metric", "group", "k"], columns="encoder", values="value", aggfunc="first")
-    wide = wide.reset_index()
+    # groupby + unstack, not pivot_table: pivot_table drops all-NaN rows (or, with dropna=False, fills
+    # in every metric x group x k combination)
+    keys = ["metric", "group", "k", "encoder"]
+    wide = long.groupby(keys, sort=True)["value"].first().unstack("encoder").reset_index()
     wide["k"] = wide["k"].replace(-1, np.nan)
     wide.columns.name = None
     return wide

@@ -5,4 +5,4 @@ from slidesnake.io.atomic import write_csv
 from slidesnake.joblog import setup_job_logging
 
 setup_job_logging(snakemake.log[0])
-write_csv(snakemake.output[0], comparison_table(list(snakemake.input)), index=False)
+write_csv(snakemake.output[0], comparison_table(list(snakemake.input)))
