@@ -34,7 +34,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The real-SLURM run and the kill -9 recovery runs (~10 min on 2 cores); .ci/run runs them after `make test`.
+# The real-SLURM run, the kill -9 recovery runs and the Visium expression workflow (~25 min on 2 cores); .ci/run runs them after `make test`.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

@@ -1,7 +1,9 @@
 """The synthetic Visium chain end to end through Snakemake (source demo_visium) on demo-clip features (the
 pipeline pretrains demo-clip on the demo's caption corpus for this cohort too): structured genes are
 predicted (mean Pearson >= 0.5 for HECLIP and the ridge probe), pure-noise genes are not (|mean r| <= 0.1).
-Only demo-clip runs here (the cohort config adds the random tiny-clip control) to keep the run small."""
+Only demo-clip runs here (the cohort config adds the random tiny-clip control) to keep the run small.
+Slow (about 6 min on 2 cores): `make test-slow` (CI) runs it; `make test` keeps the expression models'
+unit tests (tests/test_expression_models.py, tests/test_demo_visium.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from conftest import REPO, planned_jobs, run_snakemake, write_config
 
 from slidesnake.data.demo_visium import DemoVisiumConfig, gene_table
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 CONFIG = REPO / "config" / "cohorts" / "demo_visium.yaml"
 ENCODER = "demo-clip"
 
