@@ -285,7 +285,7 @@ def test_tune_hlip_without_pairs_is_a_clear_error(tmp_path):
 
 def test_run_retrieval_from_pipeline_files_writes_metrics_maps_and_the_comparison(tmp_path):
     """The retrieval rule's path end to end: sheet, clinical table, captions, folds and per-slide
-    features files in -> metrics.csv, maps.h5 and the figure out; two encoders' metrics -> comparison."""
+    features files in -> metrics.csv, maps.h5 and the figure out; metrics files -> the comparison."""
     from slidesnake.data.captions import write_clinical_captions
     from slidesnake.data.demo import demo_sheet
     from slidesnake.evaluate.retrieval import RetrievalParams, comparison_table, run_retrieval
@@ -308,24 +308,22 @@ def test_run_retrieval_from_pipeline_files_writes_metrics_maps_and_the_compariso
         coords = np.stack(np.meshgrid(np.arange(4), np.arange(3)), -1).reshape(-1, 2) * 512
         write_h5(path, {"features": rng.normal(size=(len(coords), dim)).astype(np.float32), "coords": coords})
         files.append(str(path))
-    out = {}
-    for name in ("a", "b"):
-        out[name] = tmp_path / name / "metrics.csv"
-        metrics = run_retrieval(
-            "tiny-clip", files, str(tmp_path / "captions.parquet"), str(tmp_path / "clinical.parquet"),
-            str(tmp_path / "folds.csv"), str(tmp_path / "slides.tsv"), 0, str(out[name]),
-            str(tmp_path / name / "maps.h5"), str(tmp_path / name / "maps.png"),
-            params=RetrievalParams(f1_ks=(5,), recall_ks=(1, 5), repeats=5), device="cpu",
-        )  # fmt: skip
-        assert (tmp_path / name / "maps.png").stat().st_size > 0
-        with h5py.File(tmp_path / name / "maps.h5") as f:
-            assert len(f.keys()) > 0
-    written = pd.read_csv(out["a"])
+    out = tmp_path / "eval" / "metrics.csv"
+    metrics = run_retrieval(
+        "tiny-clip", files, str(tmp_path / "captions.parquet"), str(tmp_path / "clinical.parquet"),
+        str(tmp_path / "folds.csv"), str(tmp_path / "slides.tsv"), 0, str(out),
+        str(tmp_path / "eval" / "maps.h5"), str(tmp_path / "eval" / "maps.png"),
+        params=RetrievalParams(f1_ks=(5,), recall_ks=(1, 5), repeats=5), device="cpu",
+    )  # fmt: skip
+    assert (tmp_path / "eval" / "maps.png").stat().st_size > 0
+    with h5py.File(tmp_path / "eval" / "maps.h5") as f:
+        assert len(f.keys()) > 0
+    written = pd.read_csv(out)
     assert len(written) == len(metrics) and "index" not in written.columns and "Unnamed: 0" not in written.columns
     assert {"image_to_text_recall", "text_to_image_recall", "stage_accuracy", "survival_cindex"} <= set(
         written["metric"]
     )
     recall = written[written["metric"] == "image_to_text_recall"].set_index("k")["value"]
     assert 0 <= recall.loc[1] <= recall.loc[5] <= 1
-    both = comparison_table([str(out["a"]), str(out["b"])])
+    both = comparison_table([str(out), str(out)])  # two metrics files in, one row per metric out
     assert len(both) == len(written) and "tiny-clip" in both.columns
