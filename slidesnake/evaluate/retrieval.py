@@ -35,8 +35,8 @@ def chunked_topk(
     queries: np.ndarray | torch.Tensor,
     gallery: np.ndarray | torch.Tensor,
     k: int,
-    query_chunk: int = 4096,
-    gallery_chunk: int = 65536,
+    query_chunk: int = 2048,
+    gallery_chunk: int = 32768,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` gallery rows by inner product for every query: (scores, indices), each (Q, k).
 
@@ -202,8 +202,8 @@ class RetrievalParams:
     seed: int = 0
     threshold: float = 0.6
     survival_bins: tuple[float, ...] = (0, 365, 730, 1825)
-    query_chunk: int = 4096
-    gallery_chunk: int = 65536
+    query_chunk: int = 2048
+    gallery_chunk: int = 32768
 
 
 @dataclass

@@ -104,6 +104,20 @@ def tile_count(path: str | os.PathLike) -> int:
         raise TilesFileError(f"{path}: not a readable tiles h5 ({exc}); rerun the tiles rule for this slide") from exc
 
 
+def read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of an h5 dataset, in that order, one ``read_direct`` per row.
+
+    h5py's fancy-index read (``dataset[sorted_rows]``) of a few scattered rows of a tiles file costs
+    ~0.2 s (its point-selection path), a hundred times one chunk read per row: the training loader
+    would wait on it (benchmarks/contrastive_speed.py).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), *dataset.shape[1:]), dataset.dtype)
+    for i, r in enumerate(rows.tolist()):
+        dataset.read_direct(out, np.s_[r : r + 1], np.s_[i : i + 1])
+    return out
+
+
 def read_tiles(path: str | os.PathLike, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``tiles`` (N,H,W,3) uint8 and ``coords`` (N,2) of a tiles h5, all or the rows of ``index``."""
     with h5py.File(path, "r") as f:
@@ -112,9 +126,4 @@ def read_tiles(path: str | os.PathLike, index: np.ndarray | None = None) -> tupl
         if index is None:
             return f["tiles"][()], f["coords"][()].reshape(-1, 2)
         index = np.asarray(index, dtype=np.int64)
-        order = np.argsort(index)
-        tiles = f["tiles"][np.sort(index)]
-        coords = f["coords"][()].reshape(-1, 2)[index]
-        out = np.empty_like(tiles)
-        out[order] = tiles
-        return out, coords
+        return read_rows(f["tiles"], index), f["coords"][()].reshape(-1, 2)[index]

@@ -548,7 +548,7 @@ class TilePairs(torch.utils.data.Dataset):
     """(tile, case) pairs read from tiles h5 files (slidesnake/features/tiles.py) a batch at a time.
 
     An item is a list of pair indices (a batch sampler feeds it), so each file is read once per batch
-    with one sorted fancy-index read; tiles are resized to the encoder's input size and, when
+    one chunk read per tile (read_rows); tiles are resized to the encoder's input size and, when
     ``augment``, flipped and rotated by 90° (histology has no up or left). h5 handles open lazily in
     each loader process.
     """
@@ -585,6 +585,7 @@ class TilePairs(torch.utils.data.Dataset):
         import numpy as np
 
         from slidesnake.features.encoders import resize_patches
+        from slidesnake.features.tiles import read_rows
 
         batch_t = torch.as_tensor(batch, dtype=torch.int64)
         out = np.empty((len(batch_t), self.image_size, self.image_size, 3), np.uint8)
@@ -592,10 +593,7 @@ class TilePairs(torch.utils.data.Dataset):
         for file_index in files.unique().tolist():
             where = (files == file_index).nonzero().flatten()
             rows = self.row[batch_t[where]].numpy()
-            order = np.argsort(rows, kind="stable")
-            tiles = self._h5(file_index)["tiles"][rows[order]]
-            resized = resize_patches(tiles, self.image_size)
-            out[where.numpy()[order]] = resized
+            out[where.numpy()] = resize_patches(read_rows(self._h5(file_index)["tiles"], rows), self.image_size)
         tiles_t = torch.from_numpy(out)
         if self.augment:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch_t[0]))
