@@ -54,6 +54,8 @@ rule hlip_tune:
         fold=HLIP["fold"],
         batch_size=HLIP["batch_size"],
         num_workers=HLIP["num_workers"],
+        sentence_prob=HLIP["sentence_prob"],
+        survival_bins=HLIP["survival_bins"],
         train={key: HLIP[key] for key in ("device", "epochs", "lr", "max_seconds", "patience", "seed")},
     threads: HLIP["threads"]
     resources:

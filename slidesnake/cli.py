@@ -348,18 +348,45 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     if args.method == "cplip":
-        log.error("slidesnake tune --method cplip is not wired in this build; run the pipeline's cplip_align rule")
-        return EXIT_CONFIG
+        return _tune_cplip(args)
+    missing = [flag for flag, value in (("--tiles", args.tiles), ("--captions", args.captions)) if not value]
+    if missing:
+        raise ConfigError(f"slidesnake tune --method hlip needs {' and '.join(missing)}")
     from slidesnake.train.contrastive import hlip_params, tune_hlip_files
 
     params = hlip_params(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed, device=args.device)
     history = tune_hlip_files(
         args.base, args.tiles, args.captions, args.folds, args.sheet, args.fold, args.out,
         name=args.name, batch_size=args.batch_size, params=params, num_workers=args.num_workers,
+        sentence_prob=args.sentence_prob,
     )  # fmt: skip
+    _print_history(history)
+    return 0
+
+
+def _tune_cplip(args: argparse.Namespace) -> int:
+    """CPLIP alignment with the config's ``vl.cplip`` settings (fold, bags, tau, optimisation) and task."""
+    needed = {"--config": args.config, "--task": args.task, "--dictionary": args.dictionary}
+    needed |= {"--coords": args.coords, "--slides": args.slides}
+    missing = [flag for flag, value in needed.items() if not value]
+    if missing:
+        raise ConfigError(f"slidesnake tune --method cplip needs {', '.join(missing)}")
+    from slidesnake.train.contrastive import align_prompt_bags_files
+
+    config, task_cfg = _task_config(args)
+    cplip = {**config["vl"]["cplip"], "fold": args.fold}
+    history = align_prompt_bags_files(
+        args.base, args.dictionary, (args.task, task_cfg), args.sheet, args.coords, args.slides, args.folds,
+        args.out, cplip, name=args.name or f"{Path(args.base).name}-cplip", clinical=args.clinical,
+        mutations=args.mutations, fallback_mpp=args.mpp_fallback,
+    )  # fmt: skip
+    _print_history(history)
+    return 0
+
+
+def _print_history(history: list[dict[str, float]]) -> None:
     for row in history:
         print(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-    return 0
 
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
@@ -399,11 +426,21 @@ def _add_hlip_commands(sub: Any) -> None:
     p.add_argument("--mpp-fallback", type=float)
     p.set_defaults(func=cmd_tiles)
 
-    p = sub.add_parser("tune", help="contrastive tuning of an encoder's image and text towers (HLIP)")
+    p = sub.add_parser(
+        "tune", help="contrastive tuning of an encoder: clinical captions (HLIP) or a prompt dictionary (CPLIP)"
+    )
     p.add_argument("--method", choices=["hlip", "cplip"], default="hlip")
     p.add_argument("--base", required=True, help="encoder to tune (registry name, hf-hub id, folder)")
-    p.add_argument("--tiles", nargs="+", required=True, help="tiles/{mag}x/{slide_id}.h5 files")
-    p.add_argument("--captions", required=True, help="captions parquet from `slidesnake captions`")
+    p.add_argument("--tiles", nargs="+", help="hlip: tiles/{mag}x/{slide_id}.h5 files")
+    p.add_argument("--captions", help="hlip: captions parquet from `slidesnake captions`")
+    p.add_argument("--config", help="cplip: config whose vl.cplip settings and tasks.<task> apply")
+    p.add_argument("--task", help="cplip: the task whose classes the dictionary names")
+    p.add_argument("--dictionary", help="cplip: prompt dictionary JSON (class -> texts)")
+    p.add_argument("--coords", nargs="+", help="cplip: patches/{mag}x/{slide_id}.h5 coords files")
+    p.add_argument("--slides", nargs="+", help="cplip: the slide files, in the order of --coords")
+    p.add_argument("--clinical", help="cplip: clinical.parquet, for a clinical-column task")
+    p.add_argument("--mutations", help="cplip: mutations.parquet, for a mutation task")
+    p.add_argument("--mpp-fallback", type=float)
     p.add_argument("--folds", required=True)
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--sheet", required=True)
@@ -413,6 +450,9 @@ def _add_hlip_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=3)
+    p.add_argument(
+        "--sentence-prob", type=float, default=0.5, help="chance a case shows one field sentence, not its paragraph"
+    )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -182,3 +182,15 @@ def test_unknown_model_exits_two_naming_the_key(tmp_path, capsys) -> None:
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "training.models" in err and "registered models: abmil" in err
+
+
+@pytest.mark.parametrize(
+    "method, missing",
+    [("hlip", ["--tiles", "--captions"]), ("cplip", ["--config", "--task", "--dictionary", "--coords", "--slides"])],
+)
+def test_tune_names_the_inputs_its_method_needs(method, missing, tmp_path, capsys) -> None:
+    args = ["tune", "--method", method, "--base", "demo-clip", "--folds", "f.csv", "--sheet", "s.tsv"]
+    assert main([*args, "--out", str(tmp_path / "enc")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--method {method} needs" in err and all(flag in err for flag in missing)
+    assert not (tmp_path / "enc").exists()

@@ -14,6 +14,7 @@ import torch
 from slidesnake.data.captions import (
     FIELD_NAMES,
     case_caption,
+    case_sentences,
     clinical_captions,
     count_overlong,
     field_query_captions,
@@ -213,12 +214,16 @@ def test_majority_vote_and_survival_cindex():
 
 
 def test_malignancy_ratio_excludes_background_and_tests_groups():
-    probs = np.array([[0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.45, 0.35], [0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.0, 1.0]])
-    background = np.array([False, False, False, True])
+    probs = np.array(
+        [[0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.45, 0.35], [0.3, 0.2, 0.3, 0.2], [0.7, 0.1, 0.1, 0.1], [0, 0, 0, 1.0]]
+    )
+    background = np.array([False, False, False, False, True])
     high = high_malignancy(probs, background, threshold=0.6)
-    assert high.tolist() == [True, False, False, False]  # 0.45 < 0.6; the last is background
-    ratios = malignancy_ratios(high, background, np.array(["s", "s", "s", "s"]))
-    assert ratios["s"] == pytest.approx(1 / 3)
+    # P(III) + P(IV): 0.8 and 0.8 are high (the second split between III and IV), 0.5 and 0.2 are not;
+    # the last is background
+    assert high.tolist() == [True, True, False, False, False]
+    ratios = malignancy_ratios(high, background, np.array(["s"] * 5))
+    assert ratios["s"] == pytest.approx(2 / 4)
     rng = np.random.default_rng(0)
     low_group, high_group = rng.uniform(0, 0.3, 12), rng.uniform(0.5, 0.9, 12)
     out = compare_groups(low_group, high_group)
@@ -273,6 +278,90 @@ def test_tune_hlip_learns_pairs_from_tile_files_and_writes_a_loadable_encoder(tm
     record = __import__("json").loads((tmp_path / "enc" / "training.json").read_text())
     assert record["pairs"]["train"] == 32 and record["pairs"]["cases"] == 4
     assert record["params"]["lr"] == 1e-3 and record["params"]["weight_decay"] == 0.0
+
+
+def test_case_sentences_are_worded_as_the_retrieval_queries():
+    captions = clinical_captions(pd.DataFrame([FULL]))
+    sentences = case_sentences(captions)["C1"]
+    assert stage_captions().set_index("stage").loc["II", "caption"] in sentences
+    queries = set(field_query_captions(captions)["caption"])
+    assert queries <= set(sentences)  # every single-field query of this case is one of its sentences
+    bins = survival_bins([0, 365, 730, 1825])
+    survival = [t for t in sentences if t.startswith("The overall survival")]
+    assert len(survival) == 1 and survival[0] in set(bins["caption"])  # binned, as the survival queries
+    assert len(sentences) == captions.loc[0, "n_fields"]
+
+
+def test_caption_views_sample_sentences_and_shared_texts_are_one_group():
+    from slidesnake.train.contrastive import CaptionViews, HlipError
+
+    paragraphs = ["P0", "P1", "P2"]
+    sentences = [["stage IV", "male"], ["stage IV", "female"], []]
+    views, pool = CaptionViews.build(paragraphs, sentences, 1.0)
+    assert pool == ["P0", "P1", "P2", "stage IV", "male", "female"]  # each distinct text once
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.stack([views.pick(torch.tensor([0, 1, 2]), gen) for _ in range(400)])
+    assert set(picks[:, 0].tolist()) == {3, 4} and set(picks[:, 1].tolist()) == {3, 5}
+    assert set(picks[:, 2].tolist()) == {2}  # no sentences: the paragraph
+    assert 0.4 < (picks[:, 0] == 3).float().mean() < 0.6  # uniform over the case's sentences
+    half, _ = CaptionViews.build(paragraphs, sentences, 0.5)
+    shown = torch.stack([half.pick(torch.tensor([0]), gen) for _ in range(400)])[:, 0]
+    assert 0.4 < (shown == 0).float().mean() < 0.6
+    never, _ = CaptionViews.build(paragraphs, sentences, 0.0)
+    assert never.pick(torch.tensor([2, 0, 1]), gen).tolist() == [2, 0, 1]
+    with pytest.raises(HlipError, match="vl.hlip.sentence_prob"):
+        CaptionViews.build(paragraphs, sentences, 1.5)
+
+
+def test_hlip_step_loss_makes_cases_that_show_one_sentence_each_others_positives():
+    """Two cases showing "stage IV" in one batch: one group (a positive pair), not two negatives."""
+    from slidesnake.features.encoders import load_encoder
+    from slidesnake.train.contrastive import CaptionViews, ClipTowers, hlip_step_loss
+
+    towers = ClipTowers(load_encoder("tiny-clip"))
+    views, pool = CaptionViews.build(["P0", "P1"], [["The tumour is stage IV."], ["The tumour is stage IV."]], 1.0)
+    tokens = towers.tokenize(pool)
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    cases = torch.tensor([0, 0, 1, 1])
+    with torch.no_grad():
+        loss = hlip_step_loss(towers, tokens, (images, cases), torch.device("cpu"), views)
+        image = towers.image(towers.encoder.preprocess(images))
+        text = towers.text({"input_ids": tokens["input_ids"][[2, 2, 2, 2]]})
+        expected = grouped_clip_loss(image, text, towers.logit_scale(), torch.tensor([2, 2, 2, 2]))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_tuning_with_sentence_views_retrieves_tiles_by_one_field(tmp_path):
+    """Sentence views put the single-field query in distribution: tiles of stage-I cases (reddish)
+    and stage-IV cases (bluish), whose paragraphs carry per-case filler around the stage, are told
+    apart by the two stage queries alone after tuning."""
+    from slidesnake.features.encoders import load_encoder
+    from slidesnake.train.contrastive import hlip_params, tune_hlip
+
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    tiles, captions, sentences, splits = {}, {}, {}, {}
+    for i, word in enumerate(words):
+        stage = "I" if i % 2 == 0 else "IV"
+        colour = (200, 60 + 10 * i, 60) if stage == "I" else (60, 60 + 10 * i, 200)
+        tiles[f"S{i}"] = _tile_file(tmp_path / f"S{i}.h5", colour)
+        own = [f"The patient is number {word}.", f"The tumour is stage {stage}.", f"The site is {words[9 - i]}."]
+        captions[f"CS{i}"], sentences[f"CS{i}"] = " ".join(own), own
+        splits[f"S{i}"] = "val" if i >= 8 else "train"
+    cases = {s: f"C{s}" for s in tiles}
+    tune_hlip(
+        "tiny-clip", tiles, cases, captions, splits, str(tmp_path / "enc"), batch_size=16,
+        params=hlip_params(epochs=8, lr=1e-3, patience=8, device="cpu"), sentences=sentences, sentence_prob=0.5,
+    )  # fmt: skip
+    record = __import__("json").loads((tmp_path / "enc" / "training.json").read_text())
+    assert record["sentence_views"] == {"prob": 0.5, "distinct_sentences": 22}
+    tuned = load_encoder(str(tmp_path / "enc"))
+    rng = np.random.default_rng(99)
+    with torch.no_grad():
+        queries = tuned.encode_text(["The tumour is stage I.", "The tumour is stage IV."]).numpy()
+        for k, colour in enumerate([(200, 100, 60), (60, 100, 200)]):
+            x = np.clip(np.asarray(colour)[None, None, None] + rng.integers(-8, 9, (20, 32, 32, 3)), 0, 255)
+            emb = tuned.encode_image(tuned.preprocess(torch.from_numpy(x.astype(np.uint8)))).numpy()
+            assert ((emb @ queries.T).argmax(axis=1) == k).mean() >= 0.9
 
 
 def test_tune_hlip_without_pairs_is_a_clear_error(tmp_path):

@@ -235,6 +235,33 @@ def survival_bin_of(days: Any, bins: pd.DataFrame) -> int | None:
     return int(bins.loc[hits[0], "bin"]) if len(hits) else 0
 
 
+def case_sentences(
+    captions: pd.DataFrame, survival_edges: Sequence[float] = DEFAULT_SURVIVAL_BINS
+) -> dict[str, list[str]]:
+    """Each case's present fields as single sentences, worded exactly as the retrieval queries are
+    (:func:`field_query_captions`, :func:`stage_captions`; survival as its bin's caption from
+    :func:`survival_bins`, not the exact days): the sentence views that HLIP tuning samples.
+
+    ``captions`` is the table of :func:`clinical_captions` (one column per formatted field).
+    """
+    bins = survival_bins(survival_edges)
+    out: dict[str, list[str]] = {}
+    for row in captions.to_dict("records"):
+        sentences = []
+        for field in FIELDS:
+            value = clean(row.get(field.name))
+            if not value:
+                continue
+            if field.name == "survival":  # formatted by _days as "<n> days"
+                b = survival_bin_of(value.split()[0], bins)
+                if b is not None:
+                    sentences.append(str(bins["caption"].iloc[b]))
+            else:
+                sentences.append(field.sentence.format(value))
+        out[str(row["case_id"])] = sentences
+    return out
+
+
 # -------------------------------------------------------------------------------- tokenizer context
 
 

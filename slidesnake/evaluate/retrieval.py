@@ -151,11 +151,15 @@ def survival_cindex(predicted_days: np.ndarray, os_days: np.ndarray, os_event: n
 def high_malignancy(
     stage_probs: np.ndarray, background: np.ndarray | None = None, threshold: float = 0.6
 ) -> np.ndarray:
-    """Per tile: predicted stage III or IV (argmax over the four stage captions) with probability ≥
-    ``threshold``; background tiles are never high. ``stage_probs`` is (N, 4) in I..IV order."""
+    """Per tile: P(stage III or IV) = P(III) + P(IV) over the four stage captions ≥ ``threshold``;
+    background tiles are never high. ``stage_probs`` is (N, 4) in I..IV order.
+
+    The seed code asks for argmax ∈ {III, IV} *and* that one stage's probability ≥ 0.6, so a tile that
+    is surely high-stage but split between III and IV (0.45 / 0.35) is not high; the stage groups
+    compared are I–II vs III–IV, so the event scored here is the group's.
+    """
     probs = np.asarray(stage_probs)
-    best = probs.argmax(axis=1)
-    high = (best >= 2) & (probs.max(axis=1) >= threshold)
+    high = probs[:, 2:].sum(axis=1) >= threshold
     if background is not None:
         high &= ~np.asarray(background, bool)
     return high

@@ -469,6 +469,67 @@ def align_prompt_bags(
 # ------------------------------------------------------------------- HLIP: clinical-text tuning (issue 14)
 
 
+def align_prompt_bags_files(
+    base: str,
+    dictionary_json: str,
+    task: tuple[str, dict[str, Any]],
+    sheet_tsv: str,
+    coords_files: list[str],
+    slide_files: list[str],
+    folds_csv: str,
+    out_dir: str,
+    cplip: dict[str, Any],
+    *,
+    name: str,
+    clinical: str | None = None,
+    mutations: str | None = None,
+    fallback_mpp: float | None = None,
+) -> list[dict[str, float]]:
+    """:func:`align_prompt_bags` from the pipeline's files: the prompt dictionary, the task (config
+    name and entry) and its tables, coords h5 and slide files (zipped, coords named ``{slide_id}.h5``),
+    the folds, and the ``vl.cplip`` settings (fold, magnification, bag sizes, tau, tune, optimisation)."""
+    import h5py
+
+    from slidesnake.models.vl.prompts import read_prompt_dictionary
+    from slidesnake.tasks import class_names, load_task_labels
+
+    task_obj, labels = load_task_labels(task[0], task[1], sheet_tsv, clinical=clinical, mutations=mutations)
+    classes = class_names(task_obj, labels)
+    known = set(labels["slide_id"])
+    slides = {}
+    for coords_h5, slide in zip(coords_files, slide_files, strict=True):
+        slide_id = Path(coords_h5).stem
+        if slide_id in known:
+            with h5py.File(coords_h5, "r") as f:
+                slides[slide_id] = (slide, f["coords"][()].reshape(-1, 2))
+    return align_prompt_bags(
+        base,
+        read_prompt_dictionary(dictionary_json, classes),
+        slides,
+        dict(zip(labels["slide_id"], labels["target"])),
+        read_fold(folds_csv, cplip["fold"], key="vl.cplip.fold"),
+        classes,
+        out_dir,
+        name=name,
+        magnification=cplip["magnification"],
+        tiles_per_slide=cplip["tiles_per_slide"],
+        texts_per_class=cplip["texts_per_class"],
+        tau=cplip["tau"],
+        tune=cplip["tune"],
+        image_bag=cplip["image_bag"],
+        candidates_per_slide=cplip["candidates_per_slide"],
+        params=ContrastiveParams(
+            epochs=cplip["epochs"],
+            lr=cplip["lr"],
+            weight_decay=0.0,
+            patience=cplip["patience"],
+            seed=cplip["seed"],
+            device=cplip["device"],
+        ),
+        fallback_mpp=fallback_mpp,
+    )
+
+
 class HlipError(ValueError):
     """HLIP tuning inputs that cannot give a single training pair (config key ``vl.hlip``)."""
 
@@ -652,16 +713,82 @@ def pair_loader(
     )
 
 
+@dataclass(frozen=True)
+class CaptionViews:
+    """The texts each case can show in a tuning batch, as indices into one tokenised text pool.
+
+    A case shows its paragraph, or (with probability ``sentence_prob``) one of its single-field
+    sentences drawn uniformly: ConVIRT's sentence sampling. Retrieval queries one field at a time
+    ("The tumour is stage IV."); a text tower tuned only on whole paragraphs never reads a lone
+    sentence out and embeds it arbitrarily (on the demo, stage votes came out inverted).
+    """
+
+    paragraph: torch.Tensor  # (C,) pool index of each case's paragraph
+    sentences: torch.Tensor  # (C, S) pool indices of each case's sentences, padded with 0
+    n_sentences: torch.Tensor  # (C,)
+    sentence_prob: float = 0.0
+
+    @classmethod
+    def build(
+        cls, paragraphs: list[str], sentences: list[list[str]] | None, sentence_prob: float
+    ) -> tuple[CaptionViews, list[str]]:
+        """Views of C cases and the text pool (paragraphs first, then each distinct sentence once)."""
+        if not 0.0 <= sentence_prob <= 1.0:
+            raise HlipError(f"vl.hlip.sentence_prob must lie in [0, 1], got {sentence_prob}")
+        pool = list(paragraphs)
+        index = {}
+        rows = []
+        for case_sentences in sentences or [[] for _ in paragraphs]:
+            row = []
+            for text in case_sentences:
+                if text not in index:
+                    index[text] = len(pool)
+                    pool.append(text)
+                row.append(index[text])
+            rows.append(row)
+        width = max(1, max(map(len, rows), default=0))
+        padded = torch.zeros((len(paragraphs), width), dtype=torch.int64)
+        for i, row in enumerate(rows):
+            padded[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+        counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+        views = cls(torch.arange(len(paragraphs)), padded, counts, float(sentence_prob))
+        return views, pool
+
+    def pick(self, cases: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pool index of the text each of ``cases`` shows in this batch (its paragraph at prob 0)."""
+        out = self.paragraph[cases].clone()
+        if self.sentence_prob > 0:
+            n = self.n_sentences[cases]
+            use = (torch.rand(len(cases), generator=generator) < self.sentence_prob) & (n > 0)
+            j = (torch.rand(len(cases), generator=generator) * n.clamp(min=1)).long()
+            out[use] = self.sentences[cases, j][use]
+        return out
+
+
 def hlip_step_loss(
-    towers: ClipTowers, tokens: dict[str, torch.Tensor], batch: Any, device: torch.device
+    towers: ClipTowers,
+    tokens: dict[str, torch.Tensor],
+    batch: Any,
+    device: torch.device,
+    views: CaptionViews | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The grouped CLIP loss of one (tiles, caption index) batch; each distinct caption is encoded once."""
-    images, groups = batch
-    groups = groups.to(device)
-    unique, inverse = torch.unique(groups, return_inverse=True)
-    text = towers.text({k: v[unique].to(device) for k, v in tokens.items()})[inverse]
+    """The grouped CLIP loss of one (tiles, case index) batch; each distinct text is encoded once.
+
+    With ``views``, each case in the batch shows one of its texts (:class:`CaptionViews`) and rows
+    showing the same text are one group, so two cases that share a sentence ("The tumour is stage
+    IV.") are each other's positives, never negatives. Without, the pool is the paragraphs.
+    """
+    images, cases = batch
+    if views is None:
+        texts = cases
+    else:
+        unique_cases, case_inverse = torch.unique(cases, return_inverse=True)
+        texts = views.pick(unique_cases, generator)[case_inverse]
+    unique, inverse = torch.unique(texts, return_inverse=True)
+    text = towers.text({k: v[unique].to(device) for k, v in tokens.items()})[inverse.to(device)]
     image = towers.image(towers.encoder.preprocess(images))
-    return grouped_clip_loss(image, text, towers.logit_scale(), groups)
+    return grouped_clip_loss(image, text, towers.logit_scale(), texts.to(device))
 
 
 def hlip_params(**overrides: Any) -> ContrastiveParams:
@@ -684,13 +811,18 @@ def tune_hlip(
     num_workers: int = 0,
     val_tiles_per_slide: int = 16,
     threads: int | None = None,
+    sentences: dict[str, list[str]] | None = None,
+    sentence_prob: float = 0.5,
 ) -> list[dict[str, float]]:
     """Tune the image and text towers of ``base`` on (tile, clinical caption) pairs of train patients
     with the grouped symmetric CLIP loss; val patients' pairs give the early-stopping loss. Writes the
     tuned encoder folder (open_clip or HF CLIP format, as the base) with ``training.json``.
 
     ``tiles``: slide_id -> tiles h5; ``slide_cases``: slide_id -> case_id; ``captions``: case_id ->
-    paragraph (slidesnake/data/captions.py); ``splits``: slide_id -> train/val/test of one fold.
+    paragraph (slidesnake/data/captions.py); ``splits``: slide_id -> train/val/test of one fold;
+    ``sentences``: case_id -> its single-field sentences (:func:`slidesnake.data.captions.case_sentences`),
+    which a training case shows instead of its paragraph with probability ``sentence_prob``
+    (:class:`CaptionViews`); validation always reads the paragraphs.
     """
     from slidesnake.data.captions import log_truncation
     from slidesnake.device import select_device
@@ -708,7 +840,10 @@ def tune_hlip(
     case_index = {c: i for i, c in enumerate(case_ids)}
     texts = [captions[c] for c in case_ids]
     truncated = log_truncation(texts, towers.tokenizer, "clinical captions", towers.context_length)
-    tokens = towers.tokenize(texts)
+    case_sentences = [list((sentences or {}).get(c, [])) for c in case_ids] if sentences else None
+    views, pool = CaptionViews.build(texts, case_sentences, sentence_prob if sentences else 0.0)
+    tokens = towers.tokenize(pool)
+    text_generator = torch.Generator().manual_seed(params.seed)
 
     def part(split: str) -> dict[str, str]:
         return {s: p for s, p in tiles.items() if splits.get(s) == split}
@@ -740,7 +875,7 @@ def tune_hlip(
     history = fit_contrastive(
         encoder,
         encoder.model.parameters(),
-        lambda batch: hlip_step_loss(towers, tokens, batch, device),
+        lambda batch: hlip_step_loss(towers, tokens, batch, device, views, text_generator),
         lambda epoch: loader,
         len(loader),
         params,
@@ -754,6 +889,7 @@ def tune_hlip(
         "base": base,
         "pairs": {"train": n_train, "val": len(val_items), "cases": len({g for _, _, g in train_items})},
         "truncated_captions": truncated,
+        "sentence_views": {"prob": views.sentence_prob, "distinct_sentences": len(pool) - len(texts)},
         "batch_size": batch_size,
         "params": params_record(params),
         "seconds": seconds,
@@ -829,16 +965,15 @@ def save_tuned_encoder(encoder: Any, out_dir: str, training: dict[str, Any]) -> 
     write_json(out / "training.json", training)
 
 
-def read_fold(folds_csv: str, fold: int) -> dict[str, str]:
-    """slide_id -> train/val/test of one fold of a folds.csv (slidesnake/train/splits.py)."""
+def read_fold(folds_csv: str, fold: int, key: str = "vl.hlip.fold") -> dict[str, str]:
+    """slide_id -> train/val/test of one fold of a folds.csv (slidesnake/train/splits.py); ``key`` is the
+    config key that chose the fold, for the error."""
     import pandas as pd
 
     folds = pd.read_csv(folds_csv, dtype={"slide_id": str, "case_id": str})
     part = folds[folds["fold"] == fold]
     if part.empty:
-        raise HlipError(
-            f"{folds_csv} has no fold {fold} (config key vl.hlip.fold); folds: {sorted(folds['fold'].unique())}"
-        )
+        raise HlipError(f"{folds_csv} has no fold {fold} (config key {key}); folds: {sorted(folds['fold'].unique())}")
     return dict(zip(part["slide_id"], part["split"]))
 
 
@@ -850,14 +985,17 @@ def tune_hlip_files(
     sheet_tsv: str,
     fold: int,
     out_dir: str,
+    survival_edges: list[float] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, float]]:
     """:func:`tune_hlip` from the pipeline's files: tiles h5 per slide (named ``{slide_id}.h5``), the
-    clinical captions table, the folds and the slide sheet."""
+    clinical captions table (its field columns give the sentence views, survival binned at
+    ``survival_edges``), the folds and the slide sheet."""
     from pathlib import Path
 
     import pandas as pd
 
+    from slidesnake.data.captions import DEFAULT_SURVIVAL_BINS, case_sentences
     from slidesnake.sheet import read_sheet
 
     sheet = read_sheet(sheet_tsv)
@@ -870,5 +1008,6 @@ def tune_hlip_files(
         dict(zip(captions["case_id"], captions["caption"])),
         read_fold(folds_csv, fold),
         out_dir,
+        sentences=case_sentences(captions, survival_edges or DEFAULT_SURVIVAL_BINS),
         **kwargs,
     )

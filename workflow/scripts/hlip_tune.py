@@ -17,6 +17,8 @@ tune_hlip_files(
     name=snakemake.params.name,
     batch_size=snakemake.params.batch_size,
     num_workers=snakemake.params.num_workers,
+    sentence_prob=snakemake.params.sentence_prob,
+    survival_edges=list(snakemake.params.survival_bins),
     params=hlip_params(**snakemake.params.train),
     threads=snakemake.threads,
 )
