@@ -55,6 +55,7 @@ rule hlip_tune:
         batch_size=HLIP["batch_size"],
         num_workers=HLIP["num_workers"],
         sentence_prob=HLIP["sentence_prob"],
+        wise_alpha=HLIP["wise_alpha"],
         survival_bins=HLIP["survival_bins"],
         train={key: HLIP[key] for key in ("device", "epochs", "lr", "max_seconds", "patience", "seed")},
     threads: HLIP["threads"]

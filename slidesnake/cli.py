@@ -358,7 +358,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     history = tune_hlip_files(
         args.base, args.tiles, args.captions, args.folds, args.sheet, args.fold, args.out,
         name=args.name, batch_size=args.batch_size, params=params, num_workers=args.num_workers,
-        sentence_prob=args.sentence_prob,
+        sentence_prob=args.sentence_prob, wise_alpha=args.wise_alpha,
     )  # fmt: skip
     _print_history(history)
     return 0
@@ -453,6 +453,7 @@ def _add_hlip_commands(sub: Any) -> None:
     p.add_argument(
         "--sentence-prob", type=float, default=0.5, help="chance a case shows one field sentence, not its paragraph"
     )
+    p.add_argument("--wise-alpha", type=float, default=1.0, help="save (1-a)*base + a*tuned weights (WiSE-FT)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -416,3 +416,19 @@ def test_run_retrieval_from_pipeline_files_writes_metrics_maps_and_the_compariso
     assert 0 <= recall.loc[1] <= recall.loc[5] <= 1
     both = comparison_table([str(out), str(out)])  # two metrics files in, one row per metric out
     assert len(both) == len(written) and "tiny-clip" in both.columns
+
+
+def test_wise_ensemble_interpolates_float_weights_and_keeps_integer_buffers():
+    from slidesnake.train.contrastive import HlipError, tune_hlip, wise_ensemble
+
+    torch.manual_seed(0)
+    model = torch.nn.BatchNorm1d(3)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(4.0)
+        model.num_batches_tracked.fill_(7)
+    wise_ensemble(model, base, 0.25)
+    assert torch.allclose(model.weight, base["weight"] + 1.0)  # 0.75 * w + 0.25 * (w + 4)
+    assert int(model.num_batches_tracked) == 7
+    with pytest.raises(HlipError, match="vl.hlip.wise_alpha"):
+        tune_hlip("tiny-clip", {}, {}, {}, {}, "unused", wise_alpha=0.0)

@@ -791,6 +791,15 @@ def hlip_step_loss(
     return grouped_clip_loss(image, text, towers.logit_scale(), texts.to(device))
 
 
+@torch.no_grad()
+def wise_ensemble(model: torch.nn.Module, base_state: dict[str, torch.Tensor], alpha: float) -> None:
+    """Set ``model``'s floating-point weights to (1 - alpha)·base + alpha·current, in place (WiSE-FT);
+    integer buffers keep the current values."""
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            value.mul_(alpha).add_(base_state[key].to(value.device, value.dtype), alpha=1.0 - alpha)
+
+
 def hlip_params(**overrides: Any) -> ContrastiveParams:
     """HLIP's optimisation defaults: Adam (AdamW without weight decay) at lr 1e-4, cosine decay, no warmup."""
     base = {"epochs": 10, "lr": 1e-4, "weight_decay": 0.0, "warmup_fraction": 0.0, "patience": 3}
@@ -813,6 +822,7 @@ def tune_hlip(
     threads: int | None = None,
     sentences: dict[str, list[str]] | None = None,
     sentence_prob: float = 0.5,
+    wise_alpha: float = 1.0,
 ) -> list[dict[str, float]]:
     """Tune the image and text towers of ``base`` on (tile, clinical caption) pairs of train patients
     with the grouped symmetric CLIP loss; val patients' pairs give the early-stopping loss. Writes the
@@ -822,13 +832,17 @@ def tune_hlip(
     paragraph (slidesnake/data/captions.py); ``splits``: slide_id -> train/val/test of one fold;
     ``sentences``: case_id -> its single-field sentences (:func:`slidesnake.data.captions.case_sentences`),
     which a training case shows instead of its paragraph with probability ``sentence_prob``
-    (:class:`CaptionViews`); validation always reads the paragraphs.
+    (:class:`CaptionViews`); validation always reads the paragraphs. ``wise_alpha`` < 1 saves the
+    weight-space ensemble (1 - α)·base + α·tuned (WiSE-FT, Wortsman et al. 2022), which keeps more of
+    the base's zero-shot knowledge of texts the clinical captions never use.
     """
     from slidesnake.data.captions import log_truncation
     from slidesnake.device import select_device
     from slidesnake.features.encoders import load_encoder
 
     params = params or hlip_params()
+    if not 0.0 < wise_alpha <= 1.0:
+        raise HlipError(f"vl.hlip.wise_alpha must lie in (0, 1], got {wise_alpha}")
     if threads:
         torch.set_num_threads(threads)
     device = select_device(params.device)
@@ -871,6 +885,7 @@ def tune_hlip(
             weights.append(len(batch[1]))
         return sum(v * w for v, w in zip(losses, weights)) / max(1, sum(weights))
 
+    base_state = {k: v.detach().clone() for k, v in encoder.model.state_dict().items()} if wise_alpha < 1 else {}
     start = time.monotonic()
     history = fit_contrastive(
         encoder,
@@ -882,6 +897,8 @@ def tune_hlip(
         validation if val_loader is not None else None,
     )
     seconds = time.monotonic() - start
+    if wise_alpha < 1.0:
+        wise_ensemble(encoder.model, base_state, wise_alpha)
     n_train = len(train_items)
     training = {
         "name": name or f"hlip-{encoder.spec.name}",
@@ -890,6 +907,7 @@ def tune_hlip(
         "pairs": {"train": n_train, "val": len(val_items), "cases": len({g for _, _, g in train_items})},
         "truncated_captions": truncated,
         "sentence_views": {"prob": views.sentence_prob, "distinct_sentences": len(pool) - len(texts)},
+        "wise_alpha": wise_alpha,
         "batch_size": batch_size,
         "params": params_record(params),
         "seconds": seconds,

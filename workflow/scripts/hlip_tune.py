@@ -18,6 +18,7 @@ tune_hlip_files(
     batch_size=snakemake.params.batch_size,
     num_workers=snakemake.params.num_workers,
     sentence_prob=snakemake.params.sentence_prob,
+    wise_alpha=snakemake.params.wise_alpha,
     survival_edges=list(snakemake.params.survival_bins),
     params=hlip_params(**snakemake.params.train),
     threads=snakemake.threads,
