@@ -466,9 +466,6 @@ def align_prompt_bags(
     return history
 
 
-# ------------------------------------------------------------------- HLIP: clinical-text tuning (issue 14)
-
-
 def align_prompt_bags_files(
     base: str,
     dictionary_json: str,
@@ -528,6 +525,9 @@ def align_prompt_bags_files(
         ),
         fallback_mpp=fallback_mpp,
     )
+
+
+# ------------------------------------------------------------------- HLIP: clinical-text tuning (issue 14)
 
 
 class HlipError(ValueError):
@@ -608,8 +608,8 @@ class ClipTowers:
 class TilePairs(torch.utils.data.Dataset):
     """(tile, case) pairs read from tiles h5 files (slidesnake/features/tiles.py) a batch at a time.
 
-    An item is a list of pair indices (a batch sampler feeds it), so each file is read once per batch
-    one chunk read per tile (read_rows); tiles are resized to the encoder's input size and, when
+    An item is a list of pair indices (a batch sampler feeds it), so a batch opens each of its files
+    once and reads one chunk per tile (read_rows); tiles are resized to the encoder's input size and, when
     ``augment``, flipped and rotated by 90° (histology has no up or left). h5 handles open lazily in
     each loader process.
     """
