@@ -349,9 +349,7 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     if args.method == "cplip":
         return _tune_cplip(args)
-    missing = [flag for flag, value in (("--tiles", args.tiles), ("--captions", args.captions)) if not value]
-    if missing:
-        raise ConfigError(f"slidesnake tune --method hlip needs {' and '.join(missing)}")
+    _require("hlip", {"--tiles": args.tiles, "--captions": args.captions})
     from slidesnake.train.contrastive import hlip_params, tune_hlip_files
 
     params = hlip_params(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed, device=args.device)
@@ -367,10 +365,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def _tune_cplip(args: argparse.Namespace) -> int:
     """CPLIP alignment with the config's ``vl.cplip`` settings (fold, bags, tau, optimisation) and task."""
     needed = {"--config": args.config, "--task": args.task, "--dictionary": args.dictionary}
-    needed |= {"--coords": args.coords, "--slides": args.slides}
-    missing = [flag for flag, value in needed.items() if not value]
-    if missing:
-        raise ConfigError(f"slidesnake tune --method cplip needs {', '.join(missing)}")
+    _require("cplip", needed | {"--coords": args.coords, "--slides": args.slides})
     from slidesnake.train.contrastive import align_prompt_bags_files
 
     config, task_cfg = _task_config(args)
@@ -382,6 +377,13 @@ def _tune_cplip(args: argparse.Namespace) -> int:
     )  # fmt: skip
     _print_history(history)
     return 0
+
+
+def _require(method: str, flags: dict[str, Any]) -> None:
+    """ConfigError naming every flag of ``flags`` that ``slidesnake tune --method <method>`` lacks."""
+    missing = [flag for flag, value in flags.items() if not value]
+    if missing:
+        raise ConfigError(f"slidesnake tune --method {method} needs {', '.join(missing)}")
 
 
 def _print_history(history: list[dict[str, float]]) -> None:

@@ -715,7 +715,8 @@ def pair_loader(
 
 @dataclass(frozen=True)
 class CaptionViews:
-    """The texts each case can show in a tuning batch, as indices into one tokenised text pool.
+    """The texts each case can show in a tuning batch, as indices into one tokenised text pool whose
+    first C entries are the cases' paragraphs (case i's paragraph is pool entry i).
 
     A case shows its paragraph, or (with probability ``sentence_prob``) one of its single-field
     sentences drawn uniformly: ConVIRT's sentence sampling. Retrieval queries one field at a time
@@ -723,7 +724,6 @@ class CaptionViews:
     sentence out and embeds it arbitrarily (on the demo, stage votes came out inverted).
     """
 
-    paragraph: torch.Tensor  # (C,) pool index of each case's paragraph
     sentences: torch.Tensor  # (C, S) pool indices of each case's sentences, padded with 0
     n_sentences: torch.Tensor  # (C,)
     sentence_prob: float = 0.0
@@ -751,12 +751,11 @@ class CaptionViews:
         for i, row in enumerate(rows):
             padded[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
         counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-        views = cls(torch.arange(len(paragraphs)), padded, counts, float(sentence_prob))
-        return views, pool
+        return cls(padded, counts, float(sentence_prob)), pool
 
     def pick(self, cases: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Pool index of the text each of ``cases`` shows in this batch (its paragraph at prob 0)."""
-        out = self.paragraph[cases].clone()
+        out = cases.clone()
         if self.sentence_prob > 0:
             n = self.n_sentences[cases]
             use = (torch.rand(len(cases), generator=generator) < self.sentence_prob) & (n > 0)
@@ -854,7 +853,7 @@ def tune_hlip(
     case_index = {c: i for i, c in enumerate(case_ids)}
     texts = [captions[c] for c in case_ids]
     truncated = log_truncation(texts, towers.tokenizer, "clinical captions", towers.context_length)
-    case_sentences = [list((sentences or {}).get(c, [])) for c in case_ids] if sentences else None
+    case_sentences = [list(sentences.get(c, [])) for c in case_ids] if sentences else None
     views, pool = CaptionViews.build(texts, case_sentences, sentence_prob if sentences else 0.0)
     tokens = towers.tokenize(pool)
     text_generator = torch.Generator().manual_seed(params.seed)
