@@ -12,8 +12,8 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from slidesnake.models.mil import build_model
-from slidesnake.models.mil.base import Bag, FirstStageError, grid_window
+from slidesnake.models.mil import base, build_model
+from slidesnake.models.mil.base import Bag, FirstStageError, GatedAttention, dropout_mask, embed, grid_window
 from slidesnake.models.mil.mhim import soft_target_cross_entropy
 from slidesnake.models.mil.patchgcn import knn_graph
 from slidesnake.train.losses import discrete_survival_nll, task_loss
@@ -360,3 +360,53 @@ def test_transmil_map_is_the_class_token_attention_row():
     expected = exact.mean(dim=0)[1:]
     torch.testing.assert_close(out.attention, expected, atol=2e-3, rtol=0.05)
     assert int(out.attention.argmax()) == int(expected.argmax())
+
+
+# --- dropout: the cheaper masks keep nn.Dropout's semantics -----------------------------------------------
+
+
+def test_dropout_mask_has_the_rate_and_scale_of_nn_dropout():
+    """Entries are 1/(1-p) with probability 1-p, else 0 (inverted dropout); p = 1 drops everything."""
+    torch.manual_seed(0)
+    for p in (0.1, 0.25, 0.5):
+        mask = dropout_mask(torch.empty(400_000), p)
+        torch.testing.assert_close(mask.unique(), torch.tensor([0.0, 1 / (1 - p)]))
+        assert (mask > 0).float().mean().item() == pytest.approx(1 - p, abs=3e-3)
+        assert mask.mean().item() == pytest.approx(1.0, abs=5e-3)
+    assert not dropout_mask(torch.empty(10), 1.0).any()
+
+
+def test_fused_embedding_equals_linear_relu_dropout_in_values_gradients_and_state_dict(monkeypatch):
+    """Mask-then-ReLU in place on the Linear's output = nn.Sequential(Linear, ReLU, Dropout) with that mask."""
+    torch.manual_seed(0)
+    fused = embed(DIM, 32, 0.25).train()
+    plain = torch.nn.Sequential(torch.nn.Linear(DIM, 32), torch.nn.ReLU())
+    plain.load_state_dict(fused.state_dict())  # same parameter names: checkpoints of either load into the other
+    mask = dropout_mask(torch.empty(N, 32), 0.25)
+    monkeypatch.setattr(base, "dropout_mask", lambda like, p: mask)
+    x = torch.randn(N, DIM)
+    weight = torch.randn(N, 32)
+    out_fused, out_plain = fused(x), plain(x) * mask
+    torch.testing.assert_close(out_fused, out_plain, rtol=0, atol=0)
+    (out_fused * weight).sum().backward()
+    (out_plain * weight).sum().backward()
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    fused.eval()
+    torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=0)
+
+
+def test_gated_attention_drops_each_branch_at_its_rate():
+    """One mask on tanh * sigmoid keeps an entry with probability (1-p)^2 and scales it by 1/(1-p)^2,
+    as independent dropout on both branches does (the CLAM reference's placement)."""
+    torch.manual_seed(0)
+    attention = GatedAttention(DIM, 64, dropout=0.25).train()
+    gates = []
+    attention.w.register_forward_pre_hook(lambda mod, args: gates.append(args[0]))
+    h = torch.randn(4000, DIM)
+    attention(h)
+    v, u = attention.v[0], attention.u[0]
+    plain = torch.tanh(v(h)) * torch.sigmoid(u(h))
+    kept = gates[0] != 0
+    assert kept.float().mean().item() == pytest.approx(0.75**2, abs=5e-3)
+    torch.testing.assert_close(gates[0][kept], plain[kept] / 0.75**2)

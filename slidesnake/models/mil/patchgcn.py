@@ -88,9 +88,9 @@ class PatchGCN(MILModel):
             for _ in range(n_layers - 1)
         )
         width = hidden * (n_layers + 1)
-        self.path_phi = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout))
+        self.path_phi = embed(width, width, dropout)
         self.attention = GatedAttention(width, attn_dim or width, dropout=dropout)  # reference: D = L = width
-        self.path_rho = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout))
+        self.path_rho = embed(width, width, dropout)
         self.classifier = nn.Linear(width, n_outputs)
         self.k = k
 

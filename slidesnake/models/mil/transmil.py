@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidesnake.models.mil.base import Bag, MILModel, MILOutput, grid_window
+from slidesnake.models.mil.base import Bag, Dropout, MILModel, MILOutput, embed, grid_window
 from slidesnake.models.registry import register
 
 
@@ -30,7 +30,7 @@ class NystromAttention(nn.Module):
         self.heads, self.landmarks, self.pinv_iterations = heads, landmarks, pinv_iterations
         self.scale = (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
-        self.out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.out = nn.Sequential(nn.Linear(dim, dim), Dropout(dropout, inplace=True))  # on the Linear's own output
         self.residual_conv = nn.Conv2d(heads, heads, (33, 1), padding=(16, 0), groups=heads, bias=False)
 
     def forward(self, x: torch.Tensor, cls_row: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -40,11 +40,11 @@ class NystromAttention(nn.Module):
         pad = (m - n % m) % m
         x_pad = F.pad(x, (0, 0, pad, 0))  # front padding, as in the reference implementation
         q, k, v = self.qkv(x_pad).view(n + pad, 3, self.heads, -1).permute(1, 2, 0, 3)  # 3 x (h, L, d)
-        q = q * self.scale
         group = (n + pad) // m
-        q_l = q.reshape(self.heads, m, group, -1).mean(dim=2)
+        # the scale goes on the (h, m, d) landmarks, not on q (h, L, d): (s q) k_l^T = q (s k_l)^T
+        q_l = q.reshape(self.heads, m, group, -1).mean(dim=2) * self.scale
         k_l = k.reshape(self.heads, m, group, -1).mean(dim=2)
-        kernel1 = torch.softmax(q @ k_l.transpose(-1, -2), dim=-1)
+        kernel1 = torch.softmax(q @ (k_l * self.scale).transpose(-1, -2), dim=-1)
         kernel2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)
         kernel3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)
         inv = _pinv(kernel2, self.pinv_iterations)
@@ -76,8 +76,11 @@ class PPEG(nn.Module):
     def forward(self, tokens: torch.Tensor, side: int) -> torch.Tensor:
         cls, grid = tokens[:1], tokens[1:]
         g = grid.T.reshape(1, -1, side, side)
-        g = g + sum(conv(g) for conv in self.convs)
-        return torch.cat([cls, g.flatten(2)[0].T])
+        out = self.convs[0](g)  # summed in place into the first conv's output (its backward keeps only g)
+        for conv in self.convs[1:]:
+            out += conv(g)
+        out += g
+        return torch.cat([cls, out.flatten(2)[0].T])
 
 
 @register("transmil")
@@ -88,7 +91,7 @@ class TransMIL(MILModel):
 
     def __init__(self, in_dim: int, n_outputs: int, hidden: int = 512, heads: int = 8, dropout: float = 0.25) -> None:
         super().__init__(in_dim, n_outputs)
-        self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.fc = embed(in_dim, hidden, dropout)
         self.cls_token = nn.Parameter(torch.randn(1, hidden) * 0.02)
         self.norm1, self.norm2, self.norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.layer1 = NystromAttention(hidden, heads, landmarks=hidden // 2)
@@ -107,8 +110,8 @@ class TransMIL(MILModel):
         h = self.fc(features)
         n = h.shape[0]
         side = math.ceil(math.sqrt(n))
-        h = torch.cat([h, h[: side * side - n]]) if side * side > n else h  # wrap-pad to a square, as in the paper
-        tokens = torch.cat([self.cls_token, h])
+        # class token, then the instances wrap-padded to a square (as in the paper), in one copy
+        tokens = torch.cat([self.cls_token, h, h[: side * side - n]])
         tokens = tokens + self.layer1(self.norm1(tokens))[0]
         tokens = self.ppeg(tokens, side)
         out, row = self.layer2(self.norm2(tokens), cls_row=not self.training)
