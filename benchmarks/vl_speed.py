@@ -4,7 +4,8 @@ The bag: --parents 5x patches × 16 present 20x children (32,000 instances by de
 --threads torch threads. ABMIL runs on the same 32,000 children as a flat bag. The VL models include
 their text side: a ViT-B-32-sized open_clip text tower (width 512, 12 layers, random weights, frozen)
 encodes every prompt of --prompts with 16 context vectors once per step. Each model runs in a fresh
-process (spawn), so its peak RSS is its own. Target (issue 13): HiVE-MIL <= 5x ABMIL and <= 3 GB.
+process (spawn), so its peak RSS is its own. Target (issue 13): HiVE-MIL <= 5x ABMIL and <= 3 GB; the
+verdict is printed for wall time and for CPU time (all threads; the steadier one on a shared machine).
 Run: .venv/bin/python benchmarks/vl_speed.py
 """
 
@@ -104,9 +105,11 @@ def main() -> None:
                 f"{name:8s} {seconds:7.3f} s/bag  x{seconds / ref_s:5.2f} vs abmil   "
                 f"cpu {cpu:7.3f} s  x{cpu / ref_cpu:5.2f}   peak RSS {peak:6.0f} MB  x{peak / ref_mb:5.2f} vs abmil"
             )
-    seconds, _, peak = results["hivemil"]
+    seconds, cpu, peak = results["hivemil"]
     ok = seconds <= 5 * results["abmil"][0] and peak <= 3 * 1024
     print(f"target HiVE-MIL <= 5x ABMIL time and <= 3072 MB: {'met' if ok else 'NOT met'}")
+    ok_cpu = cpu <= 5 * results["abmil"][1] and peak <= 3 * 1024  # steadier than wall time on a shared machine
+    print(f"target HiVE-MIL <= 5x ABMIL cpu time and <= 3072 MB: {'met' if ok_cpu else 'NOT met'}")
 
 
 if __name__ == "__main__":

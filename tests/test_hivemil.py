@@ -11,7 +11,17 @@ from _feature_fixtures import save_hf_clip_folder
 from conftest import REPO
 
 from slidesnake.features.encoders import load_encoder
-from slidesnake.models.vl.graph import IMG5, IMG20, TXT5, TXT20, build_graph, tgdf, threshold_mask
+from slidesnake.models.vl.graph import (
+    IMG5,
+    IMG20,
+    TXT5,
+    TXT20,
+    HiveGraph,
+    _RowSparseAddmm,
+    build_graph,
+    tgdf,
+    threshold_mask,
+)
 from slidesnake.models.vl.hier_prompts import HierPromptError, load_hier_prompts, parse_hier_prompts
 from slidesnake.models.vl.hivemil import HiVEMIL, htcl_loss, topk_mean
 from slidesnake.models.vl.prompt_learner import OpenClipTextTower, PromptLearner, text_tower
@@ -90,6 +100,7 @@ def _check_equivalence(tower, texts, n_ctx, word="x"):
 
 def test_open_clip_prompts_are_causal_per_prompt_and_pooled_at_the_true_end_token(tiny_tower):
     texts = ["solid sheets : dense nuclei", "glands : open lumina with a pale lining of tall cells"]
+    assert tiny_tower.shares_prefix  # tiny-clip takes the shared-prefix path (tests/test_prompt_fastpath.py)
     learner = _check_equivalence(tiny_tower, texts, n_ctx=16)
     ids = learner.ids
     assert (ids[torch.arange(2), learner.eot] == 49407).all()  # the EOT token after the 16-token shift
@@ -192,6 +203,84 @@ def test_a_fine_description_is_linked_to_its_own_coarse_parent_only(tiny_tower, 
 
 
 # ------------------------------------------------------------------------------------ logits and HTCL
+
+
+def test_row_sparse_addmm_gradients_equal_the_dense_ones_for_sparse_and_dense_output_gradients():
+    torch.manual_seed(0)
+    acc, x, w = torch.randn(40, 8), torch.randn(40, 6), torch.randn(8, 6)
+    for live in (torch.tensor([3, 17]), torch.arange(40)):  # the sparse branch, then the dense one
+        grad = torch.zeros(40, 8)
+        grad[live] = torch.randn(len(live), 8)
+        ours = [t.clone().requires_grad_() for t in (acc, x, w)]
+        ref = [t.clone().requires_grad_() for t in (acc, x, w)]
+        out = _RowSparseAddmm.apply(*ours)
+        torch.testing.assert_close(out, torch.addmm(ref[0], ref[1], ref[2].T))
+        out.backward(grad)
+        torch.addmm(ref[0], ref[1], ref[2].T).backward(grad)
+        for a, b in zip(ours, ref, strict=True):
+            torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_recompute_equals_the_full_graph_in_values_and_gradients(layers, dtype):
+    """HiveGraph.topk_scores (last layer's image rows without gradient, the top-k rows recomputed with it)
+    gives the full forward's similarities and top-k means, and the same gradients for every graph weight
+    and every input (image and text nodes), with ties-free random data; k larger than the bag too."""
+    torch.manual_seed(layers)
+    d, n5 = 16, 9
+    mask = torch.rand(n5, 16) > 0.4
+    mask[2] = False  # a parent without children
+    fine_parent = torch.arange(4).repeat_interleave(3)
+    x5, x20, t5, t20 = (torch.randn(*shape, dtype=dtype) for shape in ((n5, d), (n5, 16, d), (4, d), (12, d)))
+    data = build_graph(x5, x20, mask, t5, t20, fine_parent, alpha=-0.3)
+    graph = HiveGraph(d, layers).to(dtype)
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-10)
+    for k5, k20 in ((2, 5), (100, 1000)):
+        weights = torch.randn(4 + 12 + 2, dtype=dtype)
+        results = []
+        for fast in (False, True):
+            inputs = {node: data[node].x.detach().clone().requires_grad_() for node in (IMG5, IMG20, TXT5, TXT20)}
+            for node, v in inputs.items():
+                data[node].x = v
+            graph.zero_grad()
+            if fast:
+                txt, s5, s20, per5, per20 = graph.topk_scores(data, k5, k20)
+                assert not s5.requires_grad and not s20.requires_grad
+            else:
+                h = graph(data)
+                txt = h
+                s5, s20 = h[IMG5] @ h[TXT5].T, h[IMG20] @ h[TXT20].T
+                per5, per20 = topk_mean(s5, k5), topk_mean(s20, k20)
+            text = torch.stack([txt[TXT5].sum(), txt[TXT20][:, 0].sum()])
+            (torch.cat([per5, per20, text]) * weights).sum().backward()
+            grads = [p.grad.clone() for p in graph.parameters()] + [v.grad.clone() for v in inputs.values()]
+            results.append((s5.detach(), s20.detach(), per5.detach(), per20.detach(), grads))
+        (full, fast) = results
+        for a, b in zip(full[:4], fast[:4], strict=True):
+            torch.testing.assert_close(b, a, **tol)
+        assert len(full[4]) == len(fast[4])
+        for a, b in zip(full[4], fast[4], strict=True):
+            torch.testing.assert_close(b, a, **tol)
+        assert full[4][-3].abs().max() > 0  # gradient reaches the 20x inputs
+
+
+def test_hivemil_training_forward_equals_the_no_grad_forward_and_explain(tiny_tower, demo_prompts):
+    """The training path (top-k recompute) and the no-grad path (full graph) give the same logits, and
+    explain's per-description scores still decompose them."""
+    model = HiVEMIL(64, 2, tiny_tower, demo_prompts)
+    torch.manual_seed(1)
+    bag = torch.randn(7, 16, 64), torch.rand(7, 16) > 0.3, torch.randn(7, 64)
+    out = model(bag[0], mask=bag[1], parent_features=bag[2])
+    assert out.logits.requires_grad
+    with torch.no_grad():
+        ref = model(bag[0], mask=bag[1], parent_features=bag[2])
+    ex = model.explain(bag[0], mask=bag[1], parent_features=bag[2])
+    torch.testing.assert_close(out.logits.detach(), ref.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.attention, ref.attention, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.aux_loss.detach(), ref.aux_loss, atol=1e-5, rtol=1e-4)
+    parts = ex["coarse"].view(2, -1).mean(1) + ex["fine"].view(2, -1).mean(1)
+    torch.testing.assert_close(parts, out.logits.detach(), atol=1e-5, rtol=1e-4)
 
 
 def test_htcl_equals_the_hand_computed_eq8_and_its_negative_term_is_non_zero():

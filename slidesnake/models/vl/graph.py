@@ -126,30 +126,65 @@ def mean_adjacency(edge_index: torch.Tensor, n_src: int, n_dst: int, dtype: torc
     return adj / adj.sum(1, keepdim=True).clamp(min=1)
 
 
+class _RowSparseAddmm(torch.autograd.Function):
+    """``acc + x @ weightᵀ`` whose backward runs its two products on the rows with a non-zero gradient only.
+
+    The last layer's 20x outputs reach the loss only through the top-k similarities, so their gradient
+    is zero outside a few thousand of the ~30,000 rows; skipping zero rows is exact. With a gradient
+    that is mostly non-zero (earlier layers) the backward is the plain dense one.
+    """
+
+    @staticmethod
+    def forward(ctx, acc, x, weight):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(acc, x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_acc, need_x, need_w = ctx.needs_input_grad
+        rows = grad.any(1).nonzero().squeeze(1) if need_x or need_w else None
+        grad_x = grad_w = None
+        if rows is not None and 2 * len(rows) < grad.shape[0]:
+            g = grad.index_select(0, rows)
+            if need_x:
+                grad_x = torch.zeros_like(x).index_copy_(0, rows, g @ weight)
+            if need_w:
+                grad_w = g.t() @ x.index_select(0, rows)
+        else:
+            grad_x = grad @ weight if need_x else None
+            grad_w = grad.t() @ x if need_w else None
+        return (grad if need_acc else None), grad_x, grad_w
+
+
 class SmallSideSAGE(SAGEConv):
     """SAGEConv with mean aggregation, computed in the cheaper order for bipartite text-image relations.
 
     out_i = lin_l(mean_{j→i} x_j) + lin_r(x_i), as SAGEConv. When sources are fewer than targets (texts →
     patches) lin_l is applied to the sources first: lin_l(mean x_j) = mean(lin_l x_j) for every target with
-    a neighbour (a target without one gets lin_r(x_i) alone, as in SAGEConv).
+    a neighbour (a target without one gets lin_r(x_i) alone: a row of the mean adjacency sums to 1 with a
+    neighbour and to 0 without, so the bias rides along in the product).
     """
 
-    def forward(self, x, edge_index, size=None, adj=None):  # type: ignore[override]
-        """``adj``: this relation's :func:`mean_adjacency`, when the caller built it once for every layer."""
+    def forward(self, x, edge_index, size=None, adj=None, acc=None):  # type: ignore[override]
+        """``adj``: this relation's :func:`mean_adjacency`, when the caller built it once for every layer;
+        ``acc``: a (n_dst, D) tensor the output is added to (inside the products: no extra pass)."""
         x_src, x_dst = x if isinstance(x, tuple) else (x, x)
         n_src, n_dst = x_src.shape[0], x_dst.shape[0]
         if adj is None:
             adj = mean_adjacency(edge_index, n_src, n_dst, x_src.dtype)
         if adj is None:
-            return super().forward((x_src, x_dst), edge_index)
-        lin = self.lin_l
+            out = super().forward((x_src, x_dst), edge_index)
+            return out if acc is None else acc + out
+        if acc is None:
+            acc = x_dst.new_zeros(n_dst, self.lin_l.weight.shape[0])
         if n_src < n_dst:
-            out = adj @ F.linear(x_src, lin.weight)
-            if lin.bias is not None:
-                out = out + lin.bias * (adj.sum(1, keepdim=True) > 0).to(out.dtype)
+            acc = torch.addmm(acc, adj, self.lin_l(x_src))
         else:
-            out = lin(adj @ x_src)
-        return out + self.lin_r(x_dst)
+            acc = acc + self.lin_l(adj @ x_src)
+        if self.lin_r.bias is not None:
+            acc = acc + self.lin_r.bias
+        return _RowSparseAddmm.apply(acc, x_dst, self.lin_r.weight)
 
 
 class CrossScaleAttention(nn.Module):
@@ -184,18 +219,32 @@ class CrossScaleAttention(nn.Module):
         if self.single_source:
             if int(deg.max()) > 1:
                 raise ValueError("a single-source relation has a target with several sources")
-            return x_dst.new_zeros(n_dst, x_dst.shape[1]).index_copy(0, dst, self.v(x_src)[src])
+            values = self.v(x_src)
+            if len(dst) == n_dst:  # every target has its one source: a gather, no zero-filled copy
+                return values.index_select(0, torch.empty_like(dst).index_copy_(0, dst, src))
+            return x_dst.new_zeros(n_dst, x_dst.shape[1]).index_copy(0, dst, values.index_select(0, src))
         if n_src < n_dst:  # values on the few sources
             values = self.v(x_src)
             key = self.k(x_src) @ self.q.weight  # (n_src, D): x_j W_k W_qᵀ
-            score = (x_dst[dst] * key[src]).sum(-1)
+            score = (x_dst.index_select(0, dst) * key.index_select(0, src)).sum(-1)
             a = softmax(score * self.scale, dst, num_nodes=n_dst)
-            return scatter(a.unsqueeze(1) * values[src], dst, 0, dim_size=n_dst, reduce="sum")
+            return scatter(a.unsqueeze(1) * values.index_select(0, src), dst, 0, dim_size=n_dst, reduce="sum")
         query = self.q(x_dst) @ self.k.weight  # (n_dst, D) on the few targets
-        score = (query[dst] * x_src[src]).sum(-1)
+        in_order = len(src) == n_src and bool((src == torch.arange(n_src, device=src.device)).all())
+        sources = x_src if in_order else x_src.index_select(0, src)  # children in order need no gather
+        score = (query.index_select(0, dst) * sources).sum(-1)
         a = softmax(score * self.scale, dst, num_nodes=n_dst)
-        pooled = scatter(a.unsqueeze(1) * x_src[src], dst, 0, dim_size=n_dst, reduce="sum")
+        pooled = scatter(a.unsqueeze(1) * sources, dst, 0, dim_size=n_dst, reduce="sum")
         return self.v(pooled) * has
+
+
+def _edges_into(edge_index: torch.Tensor, rows: torch.Tensor, n_dst: int) -> torch.Tensor:
+    """The edges of ``edge_index`` whose target is in ``rows``, targets renumbered to their position in ``rows``."""
+    pos = torch.full((n_dst,), -1, dtype=torch.long, device=edge_index.device)
+    pos[rows] = torch.arange(len(rows), device=edge_index.device)
+    dst = pos[edge_index[1]]
+    keep = dst >= 0
+    return torch.stack([edge_index[0][keep], dst[keep]])
 
 
 class HiveGraphLayer(nn.Module):
@@ -208,23 +257,52 @@ class HiveGraphLayer(nn.Module):
             {"__".join(rel): CrossScaleAttention(dim, single_source=rel[1] == "parent_of") for rel in HIER}
         )
 
-    def forward(self, x: dict[str, torch.Tensor], data: HeteroData, adj: dict | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        x: dict[str, torch.Tensor],
+        data: HeteroData,
+        adj: dict | None = None,
+        targets: dict[str, torch.Tensor | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """``adj``: per intra-scale relation its dense mean adjacency (the same edges in every layer, so
-        :class:`HiveGraph` builds it once per bag); the HeteroConv sum over relations, relation by relation."""
+        :class:`HiveGraph` builds it once per bag); the HeteroConv sum over relations, relation by relation,
+        accumulated onto the residual (each SAGE term inside its own matrix products).
+
+        ``targets``: the node types to compute, each with the rows wanted (a long tensor) or None for all
+        rows (default: every type, every row). A row's output depends on its own input row, its in-edges'
+        sources and the weights only, so a subset of rows equals those rows of the full output."""
         adj = adj or {}
-        intra: dict[str, torch.Tensor] = {}
+        if targets is None:
+            targets = dict.fromkeys(x)
+        out, dst_x = {}, {}
+        for node, rows in targets.items():
+            dst_x[node] = x[node] if rows is None else x[node].index_select(0, rows)
+            out[node] = dst_x[node]
+
+        def edges(rel):
+            rows = targets[rel[2]]
+            ei = data[rel].edge_index
+            return ei if rows is None else _edges_into(ei, rows, x[rel[2]].shape[0])
+
+        for rel in HIER:
+            if rel[2] in targets:
+                h = self.hier["__".join(rel)](x[rel[0]], dst_x[rel[2]], edges(rel))
+                out[rel[2]] = out[rel[2]] + h
         for rel in INTRA:
-            conv = self.intra.convs[rel]
-            h = conv((x[rel[0]], x[rel[2]]), data[rel].edge_index, adj=adj.get(rel))
-            intra[rel[2]] = h if rel[2] not in intra else intra[rel[2]] + h
-        out = {}
-        for node, h in x.items():
-            update = intra.get(node, torch.zeros_like(h))
-            for rel in HIER:
-                if rel[2] == node:
-                    update = update + self.hier["__".join(rel)](x[rel[0]], h, data[rel].edge_index)
-            out[node] = h + update
+            if rel[2] not in targets:
+                continue
+            conv, rows, a = self.intra.convs[rel], targets[rel[2]], adj.get(rel)
+            if a is not None and rows is not None:
+                a = a.index_select(0, rows)
+            out[rel[2]] = conv((x[rel[0]], dst_x[rel[2]]), edges(rel), adj=a, acc=out[rel[2]])
         return out
+
+
+def _topk_rows(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's top-min(k, N) rows of ``sim`` (N, T) as (the distinct rows (R,), each pick's position
+    among them (k, T)): ``sim[rows].gather(0, pos)`` are the top-k values (in topk's order)."""
+    idx = sim.topk(min(k, sim.shape[0]), dim=0).indices
+    return torch.unique(idx, return_inverse=True)
 
 
 class HiveGraph(nn.Module):
@@ -235,15 +313,44 @@ class HiveGraph(nn.Module):
         self.layers = nn.ModuleList(HiveGraphLayer(dim) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, data: HeteroData) -> dict[str, torch.Tensor]:
+    def _last_inputs(self, data: HeteroData) -> tuple[dict[str, torch.Tensor], dict]:
+        """(node features entering the last layer, the intra-scale mean adjacencies)."""
         x = {node: data[node].x for node in (IMG5, IMG20, TXT5, TXT20)}
         adj = {}  # built once per bag, not once per layer
         for rel in INTRA:
             a = mean_adjacency(data[rel].edge_index, x[rel[0]].shape[0], x[rel[2]].shape[0], x[rel[0]].dtype)
             if a is not None:
                 adj[rel] = a
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers[:-1]:
             x = layer(x, data, adj)
-            if i < len(self.layers) - 1:
-                x = {k: self.dropout(F.relu(v)) for k, v in x.items()}
+            x = {k: self.dropout(F.relu(v)) for k, v in x.items()}
+        return x, adj
+
+    def forward(self, data: HeteroData) -> dict[str, torch.Tensor]:
+        x, adj = self._last_inputs(data)
+        x = self.layers[-1](x, data, adj)
         return {k: F.normalize(v, dim=-1) for k, v in x.items()}
+
+    def topk_scores(self, data: HeteroData, k5: int, k20: int) -> tuple:
+        """The graph and its top-k scores, with gradient only where the top-k means have one.
+
+        Returns (normalised text nodes {txt5, txt20}, s5 (N5, T5) and s20 (N20, T20) image-text
+        similarities without gradient, per5 (T5,) and per20 (T20,) each text's mean over its top-k image
+        nodes, with gradient). The last layer's image outputs are computed once without gradient to find
+        the top-k rows; only those rows are recomputed with gradient. The same values as ``forward``
+        (a top-k mean's gradient reaches its selected rows only), without the full-size backward of the
+        last layer's 32,000 20x rows, their normalisation and their similarity product.
+        """
+        x, adj = self._last_inputs(data)
+        last = self.layers[-1]
+        txt = {k: F.normalize(v, dim=-1) for k, v in last(x, data, adj, dict.fromkeys((TXT5, TXT20))).items()}
+        with torch.no_grad():
+            img = last(x, data, adj, dict.fromkeys((IMG5, IMG20)))
+            s5 = F.normalize(img[IMG5], dim=-1) @ txt[TXT5].T
+            s20 = F.normalize(img[IMG20], dim=-1) @ txt[TXT20].T
+            rows5, pos5 = _topk_rows(s5, k5)
+            rows20, pos20 = _topk_rows(s20, k20)
+        picked = last(x, data, adj, {IMG5: rows5, IMG20: rows20})
+        per5 = (F.normalize(picked[IMG5], dim=-1) @ txt[TXT5].T).gather(0, pos5).mean(0)
+        per20 = (F.normalize(picked[IMG20], dim=-1) @ txt[TXT20].T).gather(0, pos20).mean(0)
+        return txt, s5, s20, per5, per20

@@ -113,8 +113,9 @@ class HiVEMIL(FrozenTowerMixin, MILModel):
         return t[: self.n_coarse], t[self.n_coarse :]
 
     def _scores(self, features: torch.Tensor, mask: torch.Tensor | None, parent_features: torch.Tensor | None) -> tuple:
-        """The graph pass of one bag: (graph data, node features h, s5 (kept N5, 4C), s20 (kept children, 12C),
-        per-description top-k mean similarities: coarse (4C,), fine (12C,); γ not applied)."""
+        """The graph pass of one bag: (graph data, normalised node features h (the text nodes at least),
+        s5 (kept N5, 4C), s20 (kept children, 12C), per-description top-k mean similarities: coarse (4C,),
+        fine (12C,); γ not applied). With gradient enabled s5 and s20 carry none (only the top-k means do)."""
         if features.ndim != 3 or features.shape[0] == 0:
             raise ValueError(f"HiVE-MIL needs a non-empty hierarchy bag (N5, 16, D), got {tuple(features.shape)}")
         if mask is None:
@@ -124,6 +125,10 @@ class HiVEMIL(FrozenTowerMixin, MILModel):
             parent_features = _children_mean(features, mask)
         t5, t20 = self.text_features()
         data = build_graph(parent_features, features, mask, t5, t20, self.fine_parent, self.alpha)
+        if torch.is_grad_enabled() and data[IMG5].num_nodes and data[IMG20].num_nodes:
+            # training: the last layer's image rows get gradient only where a top-k picks them (same values)
+            h, s5, s20, per5, per20 = self.graph.topk_scores(data, self.topk_low, self.topk_high)
+            return data, h, s5, s20, per5, per20
         h = self.graph(data)
         s5 = h[IMG5] @ h[TXT5].T  # (kept N5, 4C)
         s20 = h[IMG20] @ h[TXT20].T  # (kept children, 12C)

@@ -11,6 +11,16 @@ Towers: :class:`OpenClipTextTower` (open_clip CLIP: QuiltNet, demo-clip, tiny-cl
 transformers with an appended CLS token, which is CONCH's text tower), :class:`HFClipTextTower`
 (transformers CLIPModel: PLIP). :func:`text_tower` builds the right one from a loaded
 :class:`slidesnake.features.encoders.Encoder`. Tower weights are frozen; gradients reach only the context.
+
+Shared-prefix fast path (open_clip causal CLIP towers only, chosen automatically by
+:attr:`TextTower.shares_prefix`): under the causal mask the first 1 + n_ctx positions (SOT and the shared
+context) have the same hidden states in every prompt at every layer, and only the end-of-text row of the
+last layer is pooled. So the prefix runs once as one short sequence, each prompt's remaining tokens run
+packed (no padding rows through the linear layers) and attend to [the prefix's keys/values; their own],
+and the last layer computes queries, attention and MLP for the end-of-text rows only. The result is the
+per-prompt computation, re-ordered (same weights, same masks, float32); it is ~2.5× fewer token-rows per
+layer for the shipped prompts. CLS-appending towers (CONCH) and the transformers tower (PLIP) take the
+per-prompt path :meth:`TextTower.encode_embeddings`.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +50,7 @@ class TextTower(nn.Module, abc.ABC):
     width: int
     raw_logit_scale: float
     appends_cls: bool = False
+    shares_prefix: bool = False  # implements encode_shared_prefix (see the module docstring)
 
     def freeze(self) -> TextTower:
         for p in self.parameters():
@@ -66,6 +77,29 @@ class TextTower(nn.Module, abc.ABC):
     def reference_encode(self, texts: list[str]) -> torch.Tensor:
         """The tower's own text encoding of plain texts (unnormalised), for equivalence tests."""
 
+    def encode_shared_prefix(self, prefix: torch.Tensor, suffix: torch.Tensor, layout: PrefixLayout) -> torch.Tensor:
+        """Token embeddings of the shared prefix (P, width) and of every prompt's remaining tokens packed
+        (R, width), arranged as ``layout`` says -> (T, D) projected text embeddings, equal to
+        :meth:`encode_embeddings` of the full sequences. Only towers with ``shares_prefix`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared-prefix path")
+
+
+class PrefixLayout(NamedTuple):
+    """Where each prompt's tokens after the shared prefix sit (built by :class:`PromptLearner`).
+
+    ``n_prefix``: P, the shared leading positions (SOT + context); ``positions`` (R,): the sequence
+    position of each packed suffix row; ``slots`` (R,): its index in a (T, ``width``) row-major padded grid
+    (prompt t's j-th suffix token at t·width + j); ``lengths`` (T,): suffix tokens per prompt (the last
+    one is its EOT); ``last`` (T,): the packed row of each prompt's EOT.
+    """
+
+    n_prefix: int
+    width: int
+    positions: torch.Tensor
+    slots: torch.Tensor
+    lengths: torch.Tensor
+    last: torch.Tensor
+
 
 def _first_index(ids: torch.Tensor, token: int) -> torch.Tensor:
     """Position of the first ``token`` in each row (the last position where it is absent)."""
@@ -78,6 +112,8 @@ class OpenClipTextTower(TextTower):
 
     ``tokenizer`` maps a list of texts to (T, L) ids. CLS-style towers (``cls_emb`` set) build their
     causal + padding mask with their own method, so the mask equals the one the weights were trained with.
+    ``shares_prefix`` is set when the tower is a plain causal stack of open_clip ``ResidualAttentionBlock``
+    (checked by :func:`_plain_causal_blocks`), the case :meth:`encode_shared_prefix` re-implements.
     """
 
     def __init__(self, module: nn.Module, tokenizer: Any, raw_logit_scale: float, sot: int, eot: int, pad: int = 0):
@@ -91,6 +127,7 @@ class OpenClipTextTower(TextTower):
         n_pos = module.positional_embedding.shape[0]
         self.context_length = n_pos - 1 if self.appends_cls else n_pos
         self.width = int(module.token_embedding.weight.shape[1])
+        self.shares_prefix = not self.appends_cls and _plain_causal_blocks(module)
         self.freeze()
 
     def tokenize(self, texts):
@@ -131,6 +168,25 @@ class OpenClipTextTower(TextTower):
             return pooled
         return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
 
+    def encode_shared_prefix(self, prefix, suffix, layout):
+        m = self.module
+        n_pre = layout.n_prefix
+        pos = m.positional_embedding.to(prefix.dtype)
+        h = torch.cat([prefix + pos[:n_pre], suffix + pos[layout.positions]])  # (P + R, width): prefix rows first
+        keys = torch.arange(n_pre + layout.width, device=h.device)
+        query = torch.arange(layout.width, device=h.device)
+        # suffix query j sees the whole prefix and suffix keys <= j (padding sits after every real key)
+        mask = keys.unsqueeze(0) <= (query + n_pre).unsqueeze(1)  # (S, P + S)
+        last_mask = keys.unsqueeze(0) < (layout.lengths + n_pre).unsqueeze(1)  # (T, P + S) for the EOT queries
+        blocks = m.transformer.resblocks
+        for block in blocks[:-1]:
+            h = _prefix_block(block, h, layout, mask)
+        x = m.ln_final(_prefix_last_block(blocks[-1], h, layout, last_mask))
+        proj = m.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
     def reference_encode(self, texts):
         ids, *_ = self.tokenize(texts)
         ids = ids.to(self.module.token_embedding.weight.device)
@@ -138,6 +194,92 @@ class OpenClipTextTower(TextTower):
             return self.module.encode_text(ids)
         out = self.module(ids)
         return out[0] if isinstance(out, tuple) else out
+
+
+def _plain_causal_blocks(module: nn.Module) -> bool:
+    """Whether ``module`` is the text tower :meth:`OpenClipTextTower.encode_shared_prefix` re-implements:
+    a causal mask (-inf strictly above the diagonal, 0 elsewhere) and a stack of open_clip
+    ``ResidualAttentionBlock`` (pre-LN self-attention with packed q/k/v, no cross-attention, no extra
+    key/value bias). Anything else (custom blocks, no causal mask) keeps the per-prompt path."""
+    try:
+        from open_clip.transformer import ResidualAttentionBlock
+    except ImportError:
+        return False
+    mask = getattr(module, "attn_mask", None)
+    blocks = getattr(getattr(module, "transformer", None), "resblocks", None)
+    if mask is None or not blocks:
+        return False
+    causal = torch.full(mask.shape, float("-inf"), dtype=mask.dtype, device=mask.device).triu_(1)
+    if not torch.equal(mask, causal):
+        return False
+    for block in blocks:
+        attn = getattr(block, "attn", None)
+        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
+            return False
+        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+            return False
+        if attn.bias_k is not None or attn.add_zero_attn:
+            return False
+    return True
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(..., L, width) -> (..., heads, L, width / heads)."""
+    return x.unflatten(-1, (n_heads, -1)).transpose(-3, -2)
+
+
+def _grid(rows: torch.Tensor, layout: PrefixLayout) -> torch.Tensor:
+    """Packed suffix rows (R, C) -> the padded (T, S, C) grid (zeros where a prompt is shorter)."""
+    n = len(layout.lengths)
+    grid = rows.new_zeros(n * layout.width, rows.shape[1]).index_copy(0, layout.slots, rows)
+    return grid.view(n, layout.width, rows.shape[1])
+
+
+def _prefix_keys_values(kv: torch.Tensor, layout: PrefixLayout, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (P + R, 2·width) -> per prompt [prefix; own suffix] keys, values (T, heads, P + S, hd)."""
+    n_pre, n = layout.n_prefix, len(layout.lengths)
+    pre = kv[:n_pre].unsqueeze(0).expand(n, -1, -1)
+    both = _heads(torch.cat([pre, _grid(kv[n_pre:], layout)], 1), 2 * n_heads)  # (T, 2·heads, P + S, hd)
+    return both[:, :n_heads], both[:, n_heads:]
+
+
+def _prefix_block(block: nn.Module, h: torch.Tensor, layout: PrefixLayout, mask: torch.Tensor) -> torch.Tensor:
+    """One open_clip ``ResidualAttentionBlock`` on [prefix rows; packed suffix rows] (P + R, width).
+
+    The prefix attends causally within itself; suffix row j of a prompt attends to the prefix and to its
+    own suffix rows up to j (``mask`` (S, P + S)). Every linear layer runs once on the P + R rows.
+    """
+    attn = block.attn
+    n_heads, width, n_pre = attn.num_heads, h.shape[1], layout.n_prefix
+    qkv = F.linear(block.ln_1(h), attn.in_proj_weight, attn.in_proj_bias)  # (P + R, 3·width)
+    q, kv = qkv[:, :width], qkv[:, width:]
+    pre = F.scaled_dot_product_attention(
+        _heads(q[:n_pre], n_heads), *_heads(kv[:n_pre], 2 * n_heads).chunk(2, 0), is_causal=True
+    )
+    k, v = _prefix_keys_values(kv, layout, n_heads)
+    out = F.scaled_dot_product_attention(_heads(_grid(q[n_pre:], layout), n_heads), k, v, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(-1, width).index_select(0, layout.slots)  # back to packed rows
+    out = torch.cat([pre.transpose(0, 1).reshape(n_pre, width), out])
+    h = h + block.ls_1(attn.out_proj(out))
+    return h + block.ls_2(block.mlp(block.ln_2(h)))
+
+
+def _prefix_last_block(block: nn.Module, h: torch.Tensor, layout: PrefixLayout, mask: torch.Tensor) -> torch.Tensor:
+    """The last block, for the pooled end-of-text rows only -> (T, width): keys and values of every row,
+    but the query, attention output and MLP of one row per prompt (``mask`` (T, P + S): its real keys)."""
+    attn = block.attn
+    n_heads, width = attn.num_heads, h.shape[1]
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    x = block.ln_1(h)
+    kv = F.linear(x, w[width:], None if b is None else b[width:])
+    eot = layout.last + layout.n_prefix
+    q = F.linear(x[eot], w[:width], None if b is None else b[:width])  # (T, width)
+    k, v = _prefix_keys_values(kv, layout, n_heads)
+    out = F.scaled_dot_product_attention(
+        _heads(q.unsqueeze(1), n_heads), k, v, attn_mask=mask.unsqueeze(1).unsqueeze(1)
+    )  # (T, heads, 1, hd)
+    y = h[eot] + block.ls_1(attn.out_proj(out.reshape(-1, width)))
+    return y + block.ls_2(block.mlp(block.ln_2(y)))
 
 
 class HFClipTextTower(TextTower):
@@ -225,7 +367,9 @@ class PromptLearner(nn.Module):
     """16 shared CoOp context vectors spliced after SOT of every prompt; one tower pass for all prompts.
 
     Prompts are tokenised once at construction. If a prompt plus context exceeds the context length, its
-    words are cut (the end token is kept) and a warning names it.
+    words are cut (the end token is kept) and a warning names it. A tower with ``shares_prefix`` gets the
+    prompts as the shared prefix plus packed suffixes (:class:`PrefixLayout`), any other tower as full
+    per-prompt sequences; both give the same embeddings.
     """
 
     def __init__(self, tower: TextTower, texts: list[str], n_ctx: int = N_CTX, init_std: float = 0.02):
@@ -241,14 +385,42 @@ class PromptLearner(nn.Module):
         self.register_buffer("ids", shifted, persistent=False)
         self.register_buffer("eot", eot_pos, persistent=False)
         self.texts = list(texts)
+        # the shared-prefix layout: prompt t's tokens after SOT + context are positions n_ctx+1 … eot[t]
+        n_pre = 1 + n_ctx
+        lengths = eot_pos - n_pre + 1
+        pos = [torch.arange(n_pre, int(e) + 1) for e in eot_pos]
+        width = int(lengths.max())
+        self.register_buffer("suffix_ids", torch.cat([shifted[t, p] for t, p in enumerate(pos)]), persistent=False)
+        self.register_buffer("suffix_pos", torch.cat(pos), persistent=False)
+        slots = torch.cat([t * width + p - n_pre for t, p in enumerate(pos)])
+        self.register_buffer("suffix_slots", slots, persistent=False)
+        self.register_buffer("suffix_lengths", lengths, persistent=False)
+        self.register_buffer("suffix_last", lengths.cumsum(0) - 1, persistent=False)
+        self._suffix_width = width
+
+    def layout(self) -> PrefixLayout:
+        """This learner's prompts as a shared prefix plus packed suffixes, on the buffers' device."""
+        n_pre, width = 1 + self.n_ctx, self._suffix_width
+        return PrefixLayout(n_pre, width, self.suffix_pos, self.suffix_slots, self.suffix_lengths, self.suffix_last)
 
     def forward(self, tower: TextTower) -> torch.Tensor:
         """(T, D) L2-normalised embeddings of every prompt, gradients flowing to ``ctx`` only."""
+        if tower.shares_prefix:
+            with torch.no_grad():
+                sot = tower.embed_tokens(self.ids[:1, :1])[0]
+                suffix = tower.embed_tokens(self.suffix_ids.unsqueeze(0))[0]
+            prefix = torch.cat([sot, self.ctx.to(sot.dtype)])
+            return F.normalize(tower.encode_shared_prefix(prefix, suffix, self.layout()), dim=-1)
+        return F.normalize(self.encode_full(tower), dim=-1)
+
+    def encode_full(self, tower: TextTower) -> torch.Tensor:
+        """(T, D) unnormalised embeddings, every prompt as its own full sequence through
+        :meth:`TextTower.encode_embeddings` (the path of towers without ``shares_prefix``)."""
         with torch.no_grad():
             tokens = tower.embed_tokens(self.ids)
         ctx = self.ctx.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         x = torch.cat([tokens[:, :1], ctx, tokens[:, 1 + self.n_ctx :]], 1)
-        return F.normalize(tower.encode_embeddings(x, self.ids, self.eot), dim=-1)
+        return tower.encode_embeddings(x, self.ids, self.eot)
 
 
 def _shift_for_context(
