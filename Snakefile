@@ -66,3 +66,4 @@ rule all:
         report_targets,
         vl_targets(),
         hlip_targets(),
+        curve_targets(),

@@ -1,13 +1,14 @@
 """Sheet loading, wildcard constraints and input functions shared by every rule file."""
 
 import os
+from functools import partial
 from types import SimpleNamespace
 
 import yaml
 
 from slidesnake.naming import DEMO_ENCODER_SOURCES, TEXT_MODEL_NAMES, encoder_slug
 from slidesnake.sheet import SLIDE_ID_PATTERN, read_sheet
-from slidesnake.validation import check_names, check_text_models, hier_prompt_path, parquet_columns
+from slidesnake.validation import check_names, check_text_models, curve_models, hier_prompt_path, parquet_columns
 
 
 def sorted_keys(value):
@@ -235,28 +236,100 @@ def train_text_encoder(wildcards):
     return text_encoder_source(wildcards) if wildcards.model in TEXT_MODEL_NAMES else ""
 
 
-def train_inputs(wildcards):
-    """Splits, bag index, labels; a two-stage model (registry first_stage) also the same fold's first-stage
-    model; a text model (HiVE-MIL, ViLa-MIL) its prompt file and trained encoder."""
+def _first_stage(model):
+    from slidesnake.models import registry  # imports torch: only when a train job is in the DAG
+
+    return registry.get(model).first_stage
+
+
+def _run_inputs(wildcards, splits, first_stage_run):
+    """A training run's inputs: ``splits``, bag index, labels, a text model's prompt file and trained encoder,
+    and a two-stage model's (registry first_stage) first-stage model.pt in ``first_stage_run(model)``."""
     inputs = {
-        "folds": split_file(wildcards.task, wildcards.model),
+        "folds": splits,
         "bags": bag_index(wildcards.encoder),
         **split_inputs(wildcards),
         **text_model_inputs(wildcards),
     }
-    from slidesnake.models import registry  # imports torch: only when a train job is in the DAG
+    first_stage = _first_stage(wildcards.model)
+    if first_stage:
+        inputs["first_stage"] = f"{first_stage_run(first_stage)}/fold{wildcards.fold}/model.pt"
+    return inputs
 
-    first_stage = registry.get(wildcards.model).first_stage
+
+def train_inputs(wildcards):
+    """Splits (folds.csv, or fewshot{N}.csv for training.fewshot.models), bag index, labels, and the
+    first-stage and text inputs of :func:`_run_inputs`."""
+    first_stage = _first_stage(wildcards.model)
     if first_stage and is_fewshot(first_stage) != is_fewshot(wildcards.model):
         raise ValueError(
             f"config key 'training.fewshot.models': {wildcards.model} starts from the same split's {first_stage}, so "
             f"list both or neither (a first stage trained on other splits could have seen this run's test slides)"
         )
-    if first_stage:
-        inputs["first_stage"] = (
-            f"results/{COHORT}/models/{wildcards.task}/{first_stage}/{wildcards.encoder}/fold{wildcards.fold}/model.pt"
-        )
+    run = f"results/{COHORT}/models/{wildcards.task}/{{}}/{wildcards.encoder}"
+    return _run_inputs(wildcards, split_file(wildcards.task, wildcards.model), run.format)
+
+
+# ---- the few-shot curve (training.fewshot.curve): every curve model at every N, shared val/test per repeat ----
+
+CURVE = FEWSHOT["curve"]
+CURVE_MODELS = curve_models(config)
+CURVE_TASKS = [t for t, cfg in TASKS.items() if cfg["kind"] == "classification"] if CURVE_MODELS else []
+if CURVE_MODELS and not CURVE_TASKS:
+    raise ValueError("config key 'training.fewshot.curve.shots' is set, but no task is a classification task")
+
+
+def _curve_point(task, model, encoder, shots, stage):
+    """``results/{cohort}/{stage}/{task}/{model}/{encoder}[/fewshot{shots}]``: a curve point's run folder
+    (stage "models") or metrics folder (stage "eval"). The runs of training.models that already train on
+    fewshot{shots}.csv (training.fewshot.models at training.fewshot.shots) are reused, not trained twice."""
+    base = f"results/{COHORT}/{stage}/{task}/{model}/{encoder}"
+    reused = model in TRAIN["models"] and is_fewshot(model) and int(shots) == FEWSHOT["shots"]
+    return base if reused else f"{base}/fewshot{shots}"
+
+
+def curve_run(task, model, encoder, shots):
+    return _curve_point(task, model, encoder, shots, "models")
+
+
+def curve_metrics(task, model, encoder, shots):
+    return f"{_curve_point(task, model, encoder, shots, 'eval')}/metrics.csv"
+
+
+def fewshot_train_inputs(wildcards):
+    """A curve run's inputs: fewshot{shots}.csv, and a two-stage model's first stage from the same N's runs."""
+    splits = f"results/{COHORT}/splits/{wildcards.task}/fewshot{wildcards.shots}.csv"
+    run = partial(curve_run, wildcards.task, encoder=wildcards.encoder, shots=wildcards.shots)
+    return _run_inputs(wildcards, splits, run)
+
+
+def fewshot_fold_predictions(wildcards):
+    run = curve_run(wildcards.task, wildcards.model, wildcards.encoder, wildcards.shots)
+    return [f"{run}/fold{k}/predictions.parquet" for k in range(FEWSHOT["repeats"])]
+
+
+def curve_zeroshot():
+    """The zero-shot baseline of the curve: the training encoder's first prompt set, when it is scored."""
+    if not (ZS_TASKS and TRAIN_ENCODER in ZS_ENCODERS):
+        return None
+    return f"zeroshot-{ZS['prompts'][0]}"
+
+
+def fewshot_curve_inputs(wildcards):
+    shots = sorted(CURVE["shots"])
+    inputs = {
+        "metrics": [curve_metrics(wildcards.task, m, TRAIN_ENCODER, n) for m in CURVE_MODELS for n in shots],
+        "splits": f"results/{COHORT}/splits/{wildcards.task}/fewshot{shots[0]}.csv",  # val/test: every N's
+    }
+    if curve_zeroshot():
+        inputs["zeroshot"] = f"results/{COHORT}/models/{wildcards.task}/{curve_zeroshot()}/{TRAIN_ENCODER}/predictions.parquet"
     return inputs
+
+
+def curve_targets():
+    return [
+        f"results/{COHORT}/eval/{task}/fewshot_curve.{ext}" for task in CURVE_TASKS for ext in ("csv", "png")
+    ]
 
 
 def fold_predictions(wildcards):

@@ -61,3 +61,30 @@ rule train:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/train.py"
+
+
+rule train_fewshot:
+    """One point of the few-shot curve (training.fewshot.curve): a model trained on fewshot{shots}.csv, one
+    run per repeat (fold = repeat), with the train rule's script and parameters."""
+    input:
+        unpack(fewshot_train_inputs),
+    output:
+        model="results/{cohort}/models/{task}/{model}/{encoder}/fewshot{shots}/fold{fold}/model.pt",
+        history="results/{cohort}/models/{task}/{model}/{encoder}/fewshot{shots}/fold{fold}/history.csv",
+        predictions="results/{cohort}/models/{task}/{model}/{encoder}/fewshot{shots}/fold{fold}/predictions.parquet",
+    params:
+        task=task_config,
+        magnification=TRAIN["magnification"],
+        train=train_params,
+        text_encoder=train_text_encoder,
+    threads: 1
+    resources:
+        gpu=TRAIN["gpu"],
+    log:
+        "results/logs/{cohort}/train/{task}/{model}/{encoder}/fewshot{shots}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/{cohort}/train/{task}/{model}/{encoder}/fewshot{shots}/fold{fold}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/train.py"

@@ -139,8 +139,11 @@ def check_names(
     check_encoder(config["training"]["encoder"], "training.encoder")
     for name in config["training"]["models"]:
         check_model(name)
-    for name in config["training"].get("fewshot", {}).get("models", []):
+    fewshot = config["training"].get("fewshot", {})
+    for name in fewshot.get("models", []):
         check_model(name, "training.fewshot.models")
+    for name in fewshot.get("curve", {}).get("models", []) if fewshot.get("curve", {}).get("shots") else []:
+        check_model(name, "training.fewshot.curve.models")
     for key in ("lr_by_model", "accumulate_by_model"):
         for name in config["training"].get(key, {}):
             check_model(name, f"training.{key}")
@@ -159,6 +162,12 @@ def hier_prompt_path(value: str, basedir: str | os.PathLike) -> Path:
     return Path(basedir) / "config" / "prompts" / f"{value}.json"
 
 
+def curve_models(config: Mapping[str, Any]) -> list[str]:
+    """The models of the few-shot curve (``training.fewshot.curve``); none when it lists no N."""
+    curve = config["training"].get("fewshot", {}).get("curve", {})
+    return list(curve.get("models", [])) if curve.get("shots") else []
+
+
 def check_text_models(
     config: Mapping[str, Any], task_classes: Callable[[str], list[str] | None], basedir: str | os.PathLike
 ) -> None:
@@ -169,25 +178,27 @@ def check_text_models(
     from slidesnake.models.vl.hier_prompts import HierPromptError, load_hier_prompts  # json only, no torch
 
     models = [m for m in config["training"]["models"] if m in TEXT_MODEL_NAMES]
+    models += [m for m in curve_models(config) if m in TEXT_MODEL_NAMES and m not in models]
     if not models:
         return
+    listed = "training.models" if set(models) & set(config["training"]["models"]) else "training.fewshot.curve.models"
     encoder = config["training"]["encoder"]
     if encoder.strip().lower() in IMAGE_ONLY_ENCODERS:
         raise ConfigNameError(
             f"config key 'training.encoder' is '{encoder}', an image-only encoder (no text tower), but "
-            f"training.models lists {models}, which read class descriptions through the text tower of "
+            f"{listed} lists {models}, which read class descriptions through the text tower of "
             "training.encoder; choose a vision-language encoder (e.g. quiltnet-b-32, conch, plip) or remove them"
         )
     for name, task in config.get("tasks", {}).items():
         if task["kind"] != "classification":
             raise ConfigNameError(
-                f"config key 'tasks.{name}.kind' is '{task['kind']}', but training.models lists {models}, which "
+                f"config key 'tasks.{name}.kind' is '{task['kind']}', but {listed} lists {models}, which "
                 "classify slides only; remove them from training.models or the task"
             )
         value = task.get("hier_prompts")
         if not value:
             raise ConfigNameError(
-                f"config key 'tasks.{name}.hier_prompts' is not set, but training.models lists {models}, which "
+                f"config key 'tasks.{name}.hier_prompts' is not set, but {listed} lists {models}, which "
                 "need hierarchical class descriptions: name a file of config/prompts (e.g. demo_hier) or a JSON path"
             )
         try:

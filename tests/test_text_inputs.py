@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO
 
-from slidesnake.evaluate.descriptions import DescriptionError, description_table
+from slidesnake.evaluate.descriptions import DescriptionError, describe, description_figure, description_table
 from slidesnake.evaluate.heatmaps import attention_scores
 from slidesnake.evaluate.metrics import evaluate_predictions
 from slidesnake.features.encoders import load_encoder
@@ -210,3 +210,17 @@ def test_description_table_names_the_descriptions_behind_each_test_prediction(co
     assert torch.allclose(parts, logits, atol=1e-5) and torch.allclose(out["logits"], logits)
     with pytest.raises(DescriptionError, match="hivemil only"):
         description_table({0: root / "desc_vilamil/model.pt"}, splits_csv, hier)
+    # the long table behind the figure: every description of the predicted class, its own top-2 the table's
+    table, scores = describe({0: root / "desc_hivemil/model.pt"}, splits_csv, hier)
+    for row in table.itertuples():
+        part = scores[scores["slide_id"] == row.slide_id]
+        assert part["level"].value_counts().to_dict() == {"coarse": 4, "fine": 12}
+        coarse = part[part["level"] == "coarse"].sort_values("score", ascending=False)
+        assert coarse["description"].iloc[0] == row.coarse_1
+        assert coarse["score"].iloc[0] == pytest.approx(row.coarse_1_score)
+        best_fine = part[part["level"] == "fine"].sort_values("score", ascending=False).iloc[0]
+        assert prompts.coarse[CLASSES.index(row.predicted)][best_fine["coarse_index"]] == row.fine_1_under
+        assert 0.5 <= row.confidence <= 1.0
+    png = root / "descriptions.png"
+    description_figure(table, scores, png, n_slides=2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

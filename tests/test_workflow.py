@@ -85,8 +85,8 @@ def test_training_parameter_reruns_only_training_and_evaluation(demo_dir: Path, 
     jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
     # the report's tables and heatmap pages and the VL comparison (it reads the supervised predictions) follow
     assert set(jobs) == {"train", "evaluate", "summary", "curves", "heatmaps", "all", "report_tables",
-                         "report_heatmaps", "vl_comparison"}  # fmt: skip
-    assert jobs["train"] == 5 and jobs["heatmaps"] == 5
+                         "report_heatmaps", "vl_comparison", "descriptions"}  # fmt: skip
+    assert jobs["train"] == 3 * 5 and jobs["heatmaps"] == 3 * 5  # abmil's 5 folds, hivemil's and vilamil's 5 repeats
 
 
 def test_per_model_learning_rate_reruns_only_that_model(demo_dir: Path, tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_report_size_is_bounded(demo_dir: Path) -> None:
     assert size <= 15e6, f"report {size / 1e6:.1f} MB"
     assert per_slide <= 0.3e6, f"{per_slide / 1e6:.2f} MB per slide"
     heatmaps = list((demo_dir / "results/demo/report/heatmaps").rglob("*.jpg"))
-    assert len(heatmaps) == 2 * 4  # report.heatmaps: top, 4 slides (heatmap + top-k strip) for the one task-model
+    assert len(heatmaps) == 3 * 2 * 4  # report.heatmaps: top, 4 slides (heatmap + top-k strip) per task-model
 
 
 def test_wrong_config_key_fails_before_any_job(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_bad_slides_do_not_stop_the_cohort(demo_dir: Path, tmp_path: Path) -> No
         source="sheet",
         sheet=str(tmp_path / "sheet.tsv"),
         features={"encoders": ["tiny-clip"]},  # demo-clip exists only for source: demo
-        training={"encoder": "tiny-clip"},
+        training={"encoder": "tiny-clip", "models": ["abmil"]},  # the demo's descriptions name its own classes
         vl={"zeroshot": {"prompts": []}, "cplip": {"enabled": False}},
     )
     run_snakemake(tmp_path, "--cores", "2", "results/bad/qc.parquet", configfile=config)
@@ -235,3 +235,46 @@ def test_cplip_without_its_encoder_in_features_fails_before_any_job(tmp_path: Pa
     proc = run_snakemake(tmp_path, "-n", configfile=config, check=False)
     assert proc.returncode != 0
     assert "'vl.cplip.enabled'" in proc.stdout + proc.stderr and "'demo-clip-cplip'" in proc.stdout + proc.stderr
+
+
+def test_demo_trains_hivemil_and_vilamil_few_shot_with_descriptions(demo_dir: Path) -> None:
+    """Issue 13: make demo trains HiVE-MIL and ViLa-MIL on 4 slides per class, 5 repeats (fold = repeat), scores
+    them per patient like the MIL zoo, and tables and draws the descriptions behind HiVE-MIL's predictions."""
+    splits = pd.read_csv(demo_dir / "results/demo/splits/subtype/fewshot4.csv")
+    assert (splits[splits["split"] == "train"].groupby("fold").size() == 8).all()  # 4 per class x 2 classes
+    for model in ("hivemil", "vilamil"):
+        metrics = pd.read_csv(demo_dir / f"results/demo/eval/subtype/{model}/demo-clip/metrics.csv").set_index("fold")
+        assert list(metrics.index[:5]) == ["0", "1", "2", "3", "4"] and (metrics.loc[["0", "1"], "n"] == 2).all()
+        assert float(metrics.loc["mean", "auc"]) >= 0.9, metrics.to_string()
+    table = pd.read_csv(demo_dir / "results/demo/eval/subtype/hivemil/demo-clip/descriptions.csv")
+    sheet = pd.read_csv(demo_dir / "results/demo/slides.tsv", sep="\t", dtype=str)
+    test = splits[
+        (splits["split"] == "test") & ~splits["slide_id"].isin(sheet.loc[sheet["scan"] == "empty", "slide_id"])
+    ]
+    assert sorted(table["slide_id"]) == sorted(test["slide_id"])  # every test slide with tissue, once per repeat
+    assert table["coarse_1"].notna().all() and table["hit_ratio_at_2"].between(0, 1).all()
+    png = demo_dir / "results/demo/eval/subtype/hivemil/demo-clip/descriptions.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    comparison = pd.read_csv(demo_dir / "results/demo/eval/vl_comparison.csv")
+    assert {"hivemil", "vilamil"} <= set(comparison["model"])
+
+
+def test_fewshot_curve_trains_each_model_at_each_n_and_reuses_the_demo_runs(demo_dir: Path, tmp_path: Path) -> None:
+    """training.fewshot.curve: every curve model at every N x 5 repeats, except the runs make demo already has
+    (hivemil and vilamil at training.fewshot.shots = 4), and nothing upstream of training reruns."""
+    curve = {"shots": [1, 2, 4], "models": ["abmil", "meanpool", "vilamil", "hivemil"]}
+    config = write_config(tmp_path / "curve.yaml", training={"fewshot": {"shots": 4, "curve": curve}})
+    jobs = planned_jobs(run_snakemake(demo_dir, "-n", configfile=config))
+    assert jobs["train_fewshot"] == 4 * 3 * 5 - 2 * 5 and jobs["evaluate_fewshot"] == 4 * 3 - 2
+    assert jobs["fewshot_splits"] == 2 and jobs["fewshot_curve"] == 1
+    assert not {"train", "features", "zeroshot", "heatmaps"} & set(jobs)
+    # one real point: mean pooling at N = 1 and the zero-shot line, on the same test patients
+    small = write_config(
+        tmp_path / "small.yaml", training={"fewshot": {"curve": {"shots": [1], "models": ["meanpool"]}}}
+    )
+    run_snakemake(demo_dir, "--cores", "2", configfile=small)
+    table = pd.read_csv(demo_dir / "results/demo/eval/subtype/fewshot_curve.csv").set_index("model")
+    assert list(table.index) == ["meanpool", "zeroshot-demo"] and list(table["shots"]) == [1, 0]
+    assert (table["repeats"] == 5).all() and (table["n_test"] == 2).all()
+    assert table.loc["zeroshot-demo", "auc_mean"] >= 0.9, table.to_string()
+    assert (demo_dir / "results/demo/eval/subtype/fewshot_curve.png").stat().st_size > 0

@@ -112,7 +112,7 @@ def roc_figure(
     ax.set_ylabel("true positive rate")
     ax.set_title(f"{task.name}: ROC, test split ({len(test)} slides)")
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return aucs
 
 
@@ -132,19 +132,20 @@ def km_figure(prediction_files: Sequence[str | os.PathLike], task: Task, out_png
             "task %s: no test predictions in %d files; empty Kaplan-Meier figure", task.name, len(prediction_files)
         )
         ax.set_title(f"{task.name}: no test predictions")
-        _save(fig, out_png)
+        save_figure(fig, out_png)
         return float("nan")
     groups = fold_risk_groups(test["risk"].to_numpy(float), test["fold"].to_numpy())
     p = plot_km_groups(ax, test["time"].to_numpy(float), test["event"].to_numpy(int), groups, title=f"{task.name}:")
     ax.set_xlabel(task.time)
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return p
 
 
-def _save(fig: Figure, out_png: str | os.PathLike) -> None:
+def save_figure(fig: Figure, out_png: str | os.PathLike, dpi: float | None = None) -> None:
+    """Lay out ``fig`` and write it as a PNG atomically (temp file + rename)."""
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 def report_jpeg(png: str | os.PathLike, out_jpg: str | os.PathLike, max_px: int = 1024, quality: int = 85) -> None:
