@@ -106,8 +106,14 @@ def test_text_models_need_a_text_tower_and_a_prompt_file_with_every_class(tmp_pa
     assert hier_prompt_path("demo_hier", REPO) == REPO / "config/prompts/demo_hier.json"
     assert hier_prompt_path("my/p.json", REPO) == Path("my/p.json")
     assert config()["training"]["fewshot"] == {
-        "models": ["hivemil", "vilamil"], "shots": 16, "repeats": 5, "val_fraction": 0.3, "test_fraction": 0.3
+        "models": ["hivemil", "vilamil"], "shots": 16, "repeats": 5, "val_fraction": 0.3, "test_fraction": 0.3,
+        "curve": {"shots": [], "models": ["abmil", "meanpool", "vilamil", "hivemil"]},  # no curve unless N are given
     }  # fmt: skip
+    # the curve's text models need the same: a misspelt curve model or a missing prompt file fails at parse time
+    curve = config(models=("abmil",))
+    curve["training"]["fewshot"]["curve"]["shots"] = [1, 2]
+    with pytest.raises(ConfigNameError, match=r"'tasks.t.hier_prompts' is not set.*training.fewshot.curve.models"):
+        check_text_models(curve, classes, REPO)
     with pytest.raises(ConfigNameError, match=r"'training.encoder' is 'uni', an image-only encoder"):
         check_text_models(config("uni", hier_prompts="demo_hier"), classes, REPO)
     with pytest.raises(ConfigNameError, match=r"'tasks.t.hier_prompts' is not set.*\['hivemil'\]"):

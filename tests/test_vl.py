@@ -62,6 +62,28 @@ def test_supervised_comparison_rows_count_auc_pairs_within_folds_as_metrics_csv(
     assert table.at["abmil", "n_patients"] == 5
 
 
+def test_common_patients_are_the_aligned_encoders_not_shrunk_by_a_few_shot_model(tmp_path):
+    # zero-shot on 20 patients, the aligned encoder on 8 of them, a few-shot model tested on 4 others (and one
+    # of the 8): the *_common columns score every row on the aligned encoder's 8 patients
+    rng = np.random.default_rng(2)
+    targets = list(np.tile([0, 1], 10))
+    frame = _predictions(list(0.5 + 0.3 * (np.array(targets) - 0.5) + rng.normal(0, 0.05, 20)), targets, [0] * 20)
+    frame.to_parquet(tmp_path / "zs.parquet")
+    aligned = [f"p{i}" for i in range(8)]
+    frame[frame["case_id"].isin(aligned)].to_parquet(tmp_path / "aligned.parquet")
+    few = frame[frame["case_id"].isin(["p7", "p12", "p13", "p14", "p15"])]
+    few.to_parquet(tmp_path / "few0.parquet")
+    table = comparison_table(
+        [("subtype", "zeroshot-demo", "enc", tmp_path / "zs.parquet", None),
+         ("subtype", "zeroshot-demo", "enc-aligned", tmp_path / "aligned.parquet", None)],
+        [("subtype", "hivemil", "enc", [str(tmp_path / "few0.parquet")])],
+        n_bootstrap=0,
+    ).set_index(["encoder", "model"])  # fmt: skip
+    assert table.loc[("enc", "zeroshot-demo"), "n_patients_common"] == 8
+    assert table.loc[("enc-aligned", "zeroshot-demo"), "n_patients_common"] == 8
+    assert table.loc[("enc", "hivemil"), "n_patients_common"] == 1  # only p7 of its test patients is common
+
+
 def test_fold_metrics_are_the_trained_models_table_of_the_same_predictions(tmp_path):
     rng = np.random.default_rng(0)
     targets = list(np.tile([0, 1], 10))

@@ -136,8 +136,10 @@ def comparison_table(
     ``supervised`` rows: (task, model, encoder, its folds' predictions.parquet files).
 
     When some zero-shot table covers fewer slides (an encoder aligned on one fold's train patients
-    scores that fold's test slides only), every row is also scored on those common slides
-    (``*_common`` columns), so the comparison is on identical patients.
+    scores that fold's test slides only), every row is also scored on the slides every zero-shot table
+    has (``*_common`` columns), so the comparison is on identical patients. The common set is taken over
+    the zero-shot tables alone: a few-shot model's test slides (a few patients per repeat) would
+    otherwise shrink it for every row.
     """
     tables: dict[tuple[str, str, str], pd.DataFrame] = {}
     tiles: dict[tuple[str, str, str], pd.DataFrame] = {}
@@ -153,13 +155,15 @@ def comparison_table(
     rows = []
     for task in sorted({key[0] for key in tables}):
         keys = [key for key in tables if key[0] == task]
-        common = set.intersection(*(set(tables[key]["slide_id"]) for key in keys))
+        scorers = [key for key in keys if key not in per_fold] or keys
+        common = set.intersection(*(set(tables[key]["slide_id"]) for key in scorers))
+        restricted = len(common) < len(set.union(*(set(tables[key]["slide_id"]) for key in scorers)))
         for key in keys:
             table = tables[key]
             row: dict[str, object] = {"task": key[0], "model": key[1], "encoder": key[2]}
             by_fold = key in per_fold
             row.update(patient_metrics(table, n_bootstrap, seed, task, by_fold))
-            if len(common) < len(table):
+            if restricted:
                 on_common = patient_metrics(table[table["slide_id"].isin(common)], n_bootstrap, seed, task, by_fold)
                 for name, value in on_common.items():
                     row[f"{name}_common"] = value
