@@ -139,10 +139,9 @@ def check_names(
     check_encoder(config["training"]["encoder"], "training.encoder")
     for name in config["training"]["models"]:
         check_model(name)
-    fewshot = config["training"].get("fewshot", {})
-    for name in fewshot.get("models", []):
+    for name in config["training"].get("fewshot", {}).get("models", []):
         check_model(name, "training.fewshot.models")
-    for name in fewshot.get("curve", {}).get("models", []) if fewshot.get("curve", {}).get("shots") else []:
+    for name in curve_models(config):
         check_model(name, "training.fewshot.curve.models")
     for key in ("lr_by_model", "accumulate_by_model"):
         for name in config["training"].get(key, {}):
