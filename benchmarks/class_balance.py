@@ -9,7 +9,7 @@ folds. Exit 1 if weighting is a no-op (the defect issue 10 fixed: with one bag p
 the same): the weighted run must predict the minority class for more test patients than the
 unweighted one, at no loss of balanced accuracy (tolerance 0.02).
 
-    python benchmarks/class_balance.py [--cohort demo_hard --encoder tiny-clip --keep 0.3]
+    python benchmarks/class_balance.py [--cohort demo_hard --encoder demo-clip --keep 0.3]
 """
 
 import argparse
@@ -32,7 +32,7 @@ from slidesnake.train.splits import make_splits
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", default="demo_hard")
-    parser.add_argument("--encoder", default="tiny-clip")
+    parser.add_argument("--encoder", default="demo-clip")
     parser.add_argument("--magnification", type=int, default=20)
     parser.add_argument("--keep", type=float, default=0.3, help="share of the second class's patients kept")
     parser.add_argument("--folds", type=int, default=5)

@@ -16,6 +16,7 @@ from slidesnake.models.mil import base, build_model
 from slidesnake.models.mil.base import Bag, FirstStageError, GatedAttention, dropout_mask, embed, grid_window
 from slidesnake.models.mil.mhim import soft_target_cross_entropy
 from slidesnake.models.mil.patchgcn import knn_graph
+from slidesnake.models.mil.transmil import banded_conv
 from slidesnake.train.losses import discrete_survival_nll, task_loss
 
 DIM, N, N_KEY = 16, 48, 6
@@ -360,6 +361,24 @@ def test_transmil_map_is_the_class_token_attention_row():
     expected = exact.mean(dim=0)[1:]
     torch.testing.assert_close(out.attention, expected, atol=2e-3, rtol=0.05)
     assert int(out.attention.argmax()) == int(expected.argmax())
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 100, 257])
+def test_transmil_banded_residual_equals_the_depthwise_conv_in_values_and_gradients(n):
+    """The Nystromformer residual as banded matrix products = F.conv2d(v, w, groups=heads), incl. both ends
+    and lengths that are not a multiple of the block (and shorter than the kernel)."""
+    torch.manual_seed(0)
+    heads, d, k = 3, 8, 33
+    v = torch.randn(heads, n, d, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(heads, 1, k, 1, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(heads, n, d, dtype=torch.float64)
+    conv = torch.nn.functional.conv2d(v.unsqueeze(0), w, padding=(k // 2, 0), groups=heads).squeeze(0)
+    gv, gw = torch.autograd.grad((conv * g).sum(), (v, w))
+    band = banded_conv(v, w)
+    bv, bw = torch.autograd.grad((band * g).sum(), (v, w))
+    torch.testing.assert_close(band, conv)
+    torch.testing.assert_close(bv, gv)
+    torch.testing.assert_close(bw, gw)
 
 
 # --- dropout: the cheaper masks keep nn.Dropout's semantics -----------------------------------------------

@@ -14,6 +14,16 @@ sit in fixed slots dy·4+dx (the code keeps file order and samples >16 children 
 is encoded as its own causal-masked sequence; cross-scale attention follows the hierarchical edges
 (a parent attends over its own children) instead of over every node of the other scale; the residual is
 added once per layer (the code adds it twice).
+
+Known limit, measured on the hard demo (demo_hard_vl: class morphology in 7% foci, 8192-px slides, so ~13
+5x parents and ~146 20x children per slide), few-shot curve with demo-clip, 5 repeats of 10 test patients:
+HiVE-MIL stays near chance at N = 1–8 (AUC 0.48–0.55) while ABMIL reaches 0.95 at N = 8. Zero-shot sits at
+chance there too (0.51): demo-clip tells pure class tiles apart (tile AUC 1.0), but on these slides no
+text-only slide score separates the classes (top-k mean of per-tile class margins: AUC 0.54–0.62, and
+0.46–0.66 with demo-clip pretrained on a corpus at the slides' 3× stain spread), so the text gives the
+models no prior to start from. At lr 1e-3 the training loss oscillates; at 3e-4 it fits 8 training bags
+without dropout, yet test AUC over repeats ranges 0.12–0.96. Tried without a clear gain: no early stopping, dropout 0, lr 1e-4, top-k 10 at 20x (k = 100 of ~146 children is nearly a
+mean on these small slides; the paper's k assumes thousands), zero-initialised graph branches.
 """
 
 from __future__ import annotations
