@@ -22,8 +22,9 @@ chance there too (0.51): demo-clip tells pure class tiles apart (tile AUC 1.0), 
 text-only slide score separates the classes (top-k mean of per-tile class margins: AUC 0.54–0.62, and
 0.46–0.66 with demo-clip pretrained on a corpus at the slides' 3× stain spread), so the text gives the
 models no prior to start from. At lr 1e-3 the training loss oscillates; at 3e-4 it fits 8 training bags
-without dropout, yet test AUC over repeats ranges 0.12–0.96. Tried without a clear gain: no early stopping, dropout 0, lr 1e-4, top-k 10 at 20x (k = 100 of ~146 children is nearly a
-mean on these small slides; the paper's k assumes thousands), zero-initialised graph branches.
+without dropout, yet test AUC over repeats ranges 0.12–0.96. Tried without a clear gain: no early stopping,
+dropout 0, lr 1e-4, top-k 10 at 20x (k = 100 of ~146 children is nearly a mean on these small slides; the
+paper's k assumes thousands), zero-initialised graph branches.
 """
 
 from __future__ import annotations
